@@ -1,0 +1,120 @@
+"""MS-NF: multi-scale normalizing flow with CBAM-attention coupling subnets.
+
+Paper: "Medical Images Anomaly Detection for Imbalanced Datasets with Multi-scale Normalizing Flow" (MS-NF).
+A frozen ResNet18 (stages 1-3, random initialisation as in the paper) gives features at strides 4, 8 and 16; one
+flow of affine coupling blocks per scale maps each feature map to a standard normal latent (Sec. 3.2, eqs. 5-7);
+the coupling subnets are conv3x3 → ReLU → conv3x3 → CBAM (Algorithm 1, eqs. 8-11); training minimises the
+negative log-likelihood of normal images (eq. 12).
+
+Anomaly map (Sec. 3.3): at each scale the per-position negative log-likelihood ``0.5 · mean_c(z²)`` (the mean of
+``z²`` over channels, halved so it is the Gaussian NLL up to a constant), bilinearly upsampled to the input size;
+the scales are fused by their arithmetic mean (``fusion="mean"``; ``"max"`` takes the per-pixel maximum). The paper
+does not spell out the fusion; the mean treats the scales symmetrically, as the summed multi-scale loss does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.backbones import FeatureExtractor
+from common.flows import FlowOutput, build_coupling_flow, cbam_subnet_constructor, conv_subnet_constructor, run_flow
+from common.scoring import Calibration
+
+__all__ = ["MSNF", "MSNFTrainOutput"]
+
+FUSIONS = ("mean", "max")
+
+
+class MSNFTrainOutput(NamedTuple):
+    """Training outputs: one :class:`~common.flows.FlowOutput` per scale."""
+
+    flows: list[FlowOutput]
+
+
+class MSNF(nn.Module):
+    """Multi-scale normalizing flow anomaly detector.
+
+    In eval mode ``forward(x)`` returns the anomaly map ``(B, 1, H, W)`` at the input resolution (higher = more
+    anomalous). Inputs of any size are resized to ``image_size`` for the backbone and the map is resized back.
+
+    Args:
+        in_channels: image channels.
+        image_size: network input size ``(X, Y)`` (paper: 256 x 256).
+        backbone: timm backbone name (paper: ``"resnet18"``).
+        backbone_weights: local weight file, or ``None`` for random initialisation (the paper's choice).
+        out_indices: backbone stages, one flow each (paper: stages 1-3, 64/128/256 channels).
+        n_blocks: coupling blocks per flow (paper: 15).
+        hidden_channels: subnet hidden width (paper: 128).
+        reduction: CBAM channel reduction (paper: 16).
+        clamp: soft-clamp bound α of the log-scales.
+        attention: use the CBAM subnet (``False``: plain conv subnet, an ablation).
+        fusion: how per-scale maps are fused, ``"mean"`` or ``"max"``.
+        seed: seed of the fixed channel permutations.
+
+    Example:
+        >>> net = MSNF(image_size=(64, 64), n_blocks=2, hidden_channels=16).eval()
+        >>> net(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: Sequence[int] = (256, 256),
+        backbone: str = "resnet18",
+        backbone_weights: str | Path | None = None,
+        out_indices: Sequence[int] = (1, 2, 3),
+        n_blocks: int = 15,
+        hidden_channels: int = 128,
+        reduction: int = 16,
+        clamp: float = 2.0,
+        attention: bool = True,
+        fusion: str = "mean",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            msg = f"fusion must be one of {FUSIONS}, got {fusion!r}"
+            raise ValueError(msg)
+        if len(image_size) != 2 or min(image_size) < 32:
+            msg = f"image_size must be two sizes of at least 32, got {tuple(image_size)}"
+            raise ValueError(msg)
+        self.image_size = tuple(int(s) for s in image_size)
+        self.fusion = fusion
+        self.extractor = FeatureExtractor(backbone, in_channels, out_indices, backbone_weights)
+        subnet = (
+            cbam_subnet_constructor(hidden_channels, reduction)
+            if attention
+            else conv_subnet_constructor(hidden_channels)
+        )
+        self.flows = nn.ModuleList(
+            build_coupling_flow(channels, n_blocks, subnet, clamp=clamp, seed=seed + level)
+            for level, channels in enumerate(self.extractor.channels)
+        )
+        self.calibration = Calibration()
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        return self.extractor(x)
+
+    def forward_train(self, x: torch.Tensor) -> MSNFTrainOutput:
+        """Latents and log-determinants of every scale for the NLL loss (eq. 12)."""
+        return MSNFTrainOutput([run_flow(flow, f) for flow, f in zip(self.flows, self._features(x))])
+
+    def scale_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-scale maps ``0.5 · mean_c(z²)``, each ``(B, 1, h_l, w_l)`` at its feature resolution."""
+        return [0.5 * out.z.pow(2).mean(dim=1, keepdim=True) for out in self.forward_train(x).flows]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly map ``(B, 1, H, W)`` for images ``(B, C, H, W)``."""
+        size = tuple(x.shape[-2:])
+        maps = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in self.scale_maps(x)]
+        stacked = torch.stack(maps, dim=0)
+        return stacked.mean(dim=0) if self.fusion == "mean" else stacked.amax(dim=0)

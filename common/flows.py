@@ -1,0 +1,431 @@
+"""Coupling flows built with FrEIA, subnet constructors that embed attention, and the flow NLL loss.
+
+A flow maps a feature map ``x`` of shape ``(B, C, H, W)`` to a latent ``z`` of the same shape and returns the
+log-determinant of its Jacobian per sample. Under a standard normal prior on ``z``, normal features get a low
+negative log-likelihood and anomalous ones a high one.
+
+References:
+    - Y. Xiao, X. Huang, W. Liang, J. Liu, Y. Chen, R. Xie, K. Li, N. Ling, "Medical Images Anomaly Detection for
+      Imbalanced Datasets with Multi-scale Normalizing Flow" (MS-NF), Computer Science and Information Systems
+      22(1), 2025, https://doi.org/10.2298/CSIS240227001X.
+    - L. Ardizzone et al., "Framework for Easily Invertible Architectures (FrEIA)", https://github.com/vislearn/FrEIA.
+    - D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018,
+      https://arxiv.org/abs/1807.03039.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import FrEIA.framework as Ff
+import FrEIA.modules as Fm
+import numpy as np
+import torch
+from monai.utils import LossReduction, look_up_option
+from torch import Tensor, nn
+
+from common.attention import CBAM
+
+__all__ = [
+    "FlowNLLLoss",
+    "FlowOutput",
+    "SubnetConstructor",
+    "build_coupling_flow",
+    "cbam_subnet_constructor",
+    "conv_subnet_constructor",
+    "flow_nll",
+    "invert_flow",
+    "run_flow",
+]
+
+SubnetConstructor = Callable[[int, int], nn.Module]
+"""A FrEIA subnet factory: ``subnet_constructor(c_in, c_out)`` returns a module mapping ``(B, c_in, H, W)`` to
+``(B, c_out, H, W)``."""
+
+
+class FlowOutput(NamedTuple):
+    r"""Output of a flow's forward pass.
+
+    Attributes:
+        z: latent, same shape as the flow's input ``(B, C, H, W)``.
+        log_jac_det: :math:`\log|\det J|` of the flow at the input, one value per sample, shape ``(B,)``.
+    """
+
+    z: Tensor
+    log_jac_det: Tensor
+
+
+def _check_int_at_least(name: str, value: int, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        msg = f"{name} must be an integer >= {minimum}, got {value!r}."
+        raise ValueError(msg)
+
+
+def _check_odd_kernel_size(name: str, value: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is a positive odd integer (so 'same' padding keeps the size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        msg = (
+            f"{name} must be a positive odd integer so that the output keeps the input's spatial size, "
+            f"got {value!r} (for example 3)."
+        )
+        raise ValueError(msg)
+
+
+def _conv_subnet(
+    c_in: int, c_out: int, *, hidden_channels: int, kernel_size: int, reduction: int | None
+) -> nn.Sequential:
+    """Build ``Conv -> ReLU -> Conv [-> CBAM]`` with a zero-initialised last convolution.
+
+    Args:
+        c_in: input channels (given by FrEIA).
+        c_out: output channels (given by FrEIA; ``2 x`` the channels of the transformed half, for ``[s, t]``).
+        hidden_channels: channels of the hidden layer.
+        kernel_size: odd kernel size of both convolutions ('same' padding).
+        reduction: reduction ratio of the CBAM appended after the last convolution; ``None`` appends no attention.
+
+    Returns:
+        the subnet, mapping ``(B, c_in, H, W)`` to ``(B, c_out, H, W)``.
+    """
+    padding = kernel_size // 2
+    last = nn.Conv2d(hidden_channels, c_out, kernel_size, padding=padding)
+    # zero output => s = t = 0 => every coupling block starts as the identity
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, hidden_channels, kernel_size, padding=padding),
+        nn.ReLU(inplace=False),
+        last,
+    ]
+    if reduction is not None:
+        layers.append(CBAM(c_out, reduction=reduction))
+    return nn.Sequential(*layers)
+
+
+def cbam_subnet_constructor(hidden_channels: int = 128, reduction: int = 16, kernel_size: int = 3) -> SubnetConstructor:
+    """Subnet factory with CBAM attention, as in MS-NF (Xiao et al., 2025, Algorithm 1).
+
+    ``subnet(c_in, c_out)`` is ``Conv(k, c_in -> hidden) -> ReLU -> Conv(k, hidden -> c_out) -> CBAM(c_out)``; its
+    output holds the coupling coefficients ``[s, t]`` of :func:`build_coupling_flow`.
+
+    The last convolution's weight and bias are zero-initialised, so every subnet outputs zeros at initialisation
+    (CBAM multiplies its input by the attention maps, and zero stays zero), hence :math:`s = t = 0` and every
+    coupling block starts as the identity. Gradients still reach the last convolution through CBAM, whose derivative
+    at zero input is the product of its (non-zero, sigmoid) attention weights.
+
+    Args:
+        hidden_channels: channels of the hidden layer.
+        reduction: reduction ratio of CBAM's channel-attention MLP.
+        kernel_size: odd kernel size of both convolutions.
+
+    Returns:
+        a picklable callable ``subnet(c_in, c_out) -> nn.Module`` for FrEIA's ``subnet_constructor``.
+
+    Raises:
+        ValueError: when ``hidden_channels`` or ``reduction`` is not an integer >= 1, or ``kernel_size`` is not a
+            positive odd integer.
+
+    Example:
+        >>> subnet = cbam_subnet_constructor(hidden_channels=32, reduction=4)(8, 16)
+        >>> subnet(torch.randn(2, 8, 5, 7)).shape
+        torch.Size([2, 16, 5, 7])
+    """
+    _check_int_at_least("hidden_channels", hidden_channels, 1)
+    _check_int_at_least("reduction", reduction, 1)
+    _check_odd_kernel_size("kernel_size", kernel_size)
+    return functools.partial(
+        _conv_subnet, hidden_channels=hidden_channels, kernel_size=kernel_size, reduction=reduction
+    )
+
+
+def conv_subnet_constructor(hidden_channels: int = 128, kernel_size: int = 3) -> SubnetConstructor:
+    """Subnet factory without attention: ``Conv(k, c_in -> hidden) -> ReLU -> Conv(k, hidden -> c_out)``.
+
+    The same as :func:`cbam_subnet_constructor` without CBAM (for ablations and detectors that use plain
+    convolutional subnets). The last convolution is zero-initialised, so every coupling block starts as the
+    identity.
+
+    Args:
+        hidden_channels: channels of the hidden layer.
+        kernel_size: odd kernel size of both convolutions.
+
+    Returns:
+        a picklable callable ``subnet(c_in, c_out) -> nn.Module`` for FrEIA's ``subnet_constructor``.
+
+    Raises:
+        ValueError: when ``hidden_channels`` is not an integer >= 1 or ``kernel_size`` is not a positive odd integer.
+    """
+    _check_int_at_least("hidden_channels", hidden_channels, 1)
+    _check_odd_kernel_size("kernel_size", kernel_size)
+    return functools.partial(_conv_subnet, hidden_channels=hidden_channels, kernel_size=kernel_size, reduction=None)
+
+
+class _AtanSoftClamp:
+    r"""Soft clamp :math:`u \mapsto \frac{2}{\pi}\arctan(u / \alpha)` for FrEIA's ``clamp_activation``.
+
+    FrEIA multiplies the result by ``clamp`` (:math:`\alpha`), which gives
+    :math:`s = \frac{2\alpha}{\pi}\arctan(s / \alpha)`: slope 1 at 0 and :math:`|s| < \alpha`. FrEIA's built-in
+    ``"ATAN"`` computes :math:`\alpha \cdot 0.636 \arctan(s)` instead, whose slope at 0 is :math:`0.636\,\alpha`.
+    A module-level class (not a lambda) keeps flows picklable.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+
+    def __call__(self, u: Tensor) -> Tensor:
+        return (2.0 / math.pi) * torch.atan(u / self.alpha)
+
+
+def build_coupling_flow(
+    channels: int,
+    n_blocks: int,
+    subnet_constructor: SubnetConstructor,
+    clamp: float = 2.0,
+    permute: bool = True,
+    seed: int | None = None,
+) -> Ff.SequenceINN:
+    r"""Stack of affine coupling blocks (FrEIA ``GLOWCouplingBlock``) with fixed random channel permutations.
+
+    Follows the flow of MS-NF (Xiao et al., 2025, Eqs. 5-7), the two-sided affine coupling of Glow / RealNVP. Block
+    :math:`k` splits its input along the channels into :math:`x = [x_1; x_2]`, with :math:`c_1 = \mathrm{round}(C/2)`
+    channels in :math:`x_1`, and computes
+
+    .. math::
+
+        y_1 &= x_1 \odot \exp\big(s_2(x_2)\big) + t_2(x_2), \\
+        y_2 &= x_2 \odot \exp\big(s_1(y_1)\big) + t_1(y_1), \\
+        z &= P_k\,[y_1; y_2],
+
+    where :math:`[s_2, t_2] = \mathrm{subnet}_2(x_2)` and :math:`[s_1, t_1] = \mathrm{subnet}_1(y_1)` (first and
+    second halves of the subnet's output channels), :math:`P_k` is a fixed random permutation of the channels (when
+    ``permute``), and every scale is soft-clamped by :math:`s \leftarrow \frac{2\alpha}{\pi}\arctan(s/\alpha)` so
+    that :math:`|s| < \alpha`. The block's log-Jacobian-determinant is
+
+    .. math::
+
+        \log|\det J_k| = \sum_{c,h,w} s_2(x_2) + \sum_{c,h,w} s_1(y_1),
+
+    and its inverse is :math:`x_2 = (y_2 - t_1(y_1)) \odot \exp(-s_1(y_1))`,
+    :math:`x_1 = (y_1 - t_2(x_2)) \odot \exp(-s_2(x_2))`. The permutations let both halves be transformed across
+    blocks.
+
+    The blocks only read the channel count from the dimensions they are built with, so the flow is built with a
+    nominal spatial size and runs on any ``(H, W)``: one flow serves every input size. Use :func:`run_flow` and
+    :func:`invert_flow` to call it.
+
+    Args:
+        channels: number of channels ``C`` of the input ``(B, C, H, W)``.
+        n_blocks: number of coupling blocks.
+        subnet_constructor: ``subnet(c_in, c_out)`` factory, e.g. from :func:`cbam_subnet_constructor` or
+            :func:`conv_subnet_constructor`; a zero-initialised last layer makes every block start as the identity.
+        clamp: soft-clamping bound :math:`\alpha`: each block scales every element by at most
+            :math:`\exp(\pm\alpha)`.
+        permute: append a fixed random channel permutation (FrEIA ``PermuteRandom``) after every block.
+        seed: when given, fixes the permutations (block ``k`` uses ``seed + k``) and the subnets' initial weights,
+            without changing the global NumPy or PyTorch random states; ``None`` draws them from those states.
+
+    Returns:
+        the flow, a FrEIA ``SequenceINN``; ``flow(x)`` returns ``(z, log_jac_det)``.
+
+    Raises:
+        ValueError: when ``channels`` < 2, ``n_blocks`` < 1 or ``clamp`` is not a finite number > 0.
+        TypeError: when ``subnet_constructor`` is not callable.
+
+    Example:
+        >>> flow = build_coupling_flow(8, n_blocks=2, subnet_constructor=conv_subnet_constructor(16), seed=0)
+        >>> out = run_flow(flow, torch.randn(2, 8, 5, 7))
+        >>> out.z.shape, out.log_jac_det.shape
+        (torch.Size([2, 8, 5, 7]), torch.Size([2]))
+    """
+    _check_int_at_least("channels", channels, 2)
+    _check_int_at_least("n_blocks", n_blocks, 1)
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not math.isfinite(clamp) or clamp <= 0:
+        msg = f"clamp must be a finite number > 0 (for example 2.0), got {clamp!r}."
+        raise ValueError(msg)
+    if not callable(subnet_constructor):
+        msg = (
+            "subnet_constructor must be a callable subnet(c_in, c_out) -> nn.Module, for example "
+            f"cbam_subnet_constructor(), got {type(subnet_constructor).__name__}."
+        )
+        raise TypeError(msg)
+
+    # GLOWCouplingBlock and PermuteRandom read only the channel count and the tensor rank from these dims.
+    flow = Ff.SequenceINN(channels, 1, 1)
+    np_state = np.random.get_state() if seed is not None else None
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            for k in range(n_blocks):
+                flow.append(
+                    Fm.GLOWCouplingBlock,
+                    subnet_constructor=subnet_constructor,
+                    clamp=float(clamp),
+                    clamp_activation=_AtanSoftClamp(float(clamp)),
+                )
+                if permute:
+                    flow.append(Fm.PermuteRandom, seed=None if seed is None else seed + k)
+        finally:
+            if np_state is not None:
+                np.random.set_state(np_state)
+    return flow
+
+
+def _check_flow_input(flow: nn.Module, x: Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, C, H, W)`` with the flow's channel count."""
+    dims_in = getattr(flow, "dims_in", None)
+    channels = dims_in[0][0] if dims_in else None
+    if not torch.is_tensor(x) or x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        expected = f"(B, {channels}, H, W)" if channels is not None else "(B, C, H, W)"
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        msg = f"{name} must be a tensor of shape {expected}, got {got}."
+        raise ValueError(msg)
+
+
+def run_flow(flow: nn.Module, x: Tensor) -> FlowOutput:
+    """Run a FrEIA flow forward and package its outputs.
+
+    Args:
+        flow: a FrEIA ``SequenceINN`` (e.g. from :func:`build_coupling_flow`).
+        x: input features ``(B, C, H, W)``.
+
+    Returns:
+        ``FlowOutput(z, log_jac_det)`` with ``z`` of shape ``(B, C, H, W)`` and ``log_jac_det`` of shape ``(B,)``.
+
+    Raises:
+        ValueError: when ``x`` is not ``(B, C, H, W)`` with the flow's channel count.
+    """
+    _check_flow_input(flow, x, "x")
+    z, log_jac_det = flow(x)
+    if not torch.is_tensor(log_jac_det):  # a flow of fixed transforms only returns a Python number
+        log_jac_det = x.new_full((x.shape[0],), float(log_jac_det))
+    return FlowOutput(z=z, log_jac_det=log_jac_det)
+
+
+def invert_flow(flow: nn.Module, z: Tensor) -> Tensor:
+    """Run a FrEIA flow in reverse, from latent to input.
+
+    Args:
+        flow: a FrEIA ``SequenceINN`` (e.g. from :func:`build_coupling_flow`).
+        z: latent ``(B, C, H, W)``.
+
+    Returns:
+        ``x`` with ``flow(x) = z``, shape ``(B, C, H, W)``.
+
+    Raises:
+        ValueError: when ``z`` is not ``(B, C, H, W)`` with the flow's channel count.
+    """
+    _check_flow_input(flow, z, "z")
+    x, _ = flow(z, rev=True, jac=False)
+    return x
+
+
+def flow_nll(z: Tensor, log_jac_det: Tensor) -> Tensor:
+    r"""Negative log-likelihood per sample under a standard normal prior, per element (MS-NF Eq. 12).
+
+    .. math::
+
+        \mathcal{L}(x) = \frac{1}{D}\Big(\tfrac{1}{2}\lVert z \rVert_2^2 - \log|\det J(x)|\Big),
+        \qquad D = C \cdot H \cdot W.
+
+    The constant :math:`\frac{D}{2}\log 2\pi` of the Gaussian log-density is dropped: it does not depend on the
+    parameters. Dividing by the number of elements :math:`D` keeps the loss on the same scale for every feature size,
+    so scales of different resolution weigh alike when summed.
+
+    Args:
+        z: latent ``(B, ...)``, e.g. ``(B, C, H, W)``.
+        log_jac_det: log-Jacobian-determinant per sample, shape ``(B,)``.
+
+    Returns:
+        the NLL per sample, shape ``(B,)``.
+
+    Raises:
+        ValueError: when ``z`` has no batch and feature dimensions, or ``log_jac_det`` is not of shape ``(B,)``.
+
+    Example:
+        >>> flow_nll(torch.ones(1, 2, 1, 1), torch.tensor([1.0]))
+        tensor([0.])
+    """
+    if z.ndim < 2:
+        msg = f"z must have shape (B, ...) with at least one feature dimension, got shape {tuple(z.shape)}."
+        raise ValueError(msg)
+    if log_jac_det.shape != z.shape[:1]:
+        msg = (
+            f"log_jac_det must have shape ({z.shape[0]},) to match z of shape {tuple(z.shape)}, "
+            f"got shape {tuple(log_jac_det.shape)}."
+        )
+        raise ValueError(msg)
+    n_elements = z[0].numel()
+    return (0.5 * z.pow(2).flatten(1).sum(dim=1) - log_jac_det) / n_elements
+
+
+class FlowNLLLoss(nn.Module):
+    r"""Multi-scale flow NLL loss (MS-NF, Xiao et al., 2025, Eq. 12).
+
+    For flow outputs :math:`(z^{(l)}, \log|\det J^{(l)}|)` at scales :math:`l = 1..L`:
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{B}\sum_{b=1}^{B}\sum_{l=1}^{L}
+            \frac{1}{D_l}\Big(\tfrac{1}{2}\lVert z_b^{(l)} \rVert_2^2 - \log|\det J_b^{(l)}|\Big),
+
+    i.e. the per-sample, per-element NLL of :func:`flow_nll`, summed over scales and averaged over the batch (with
+    the default ``reduction="mean"``).
+
+    Args:
+        reduction: how the per-sample losses are reduced: ``"mean"`` (default), ``"sum"`` or ``"none"`` (returns
+            shape ``(B,)``).
+
+    Raises:
+        ValueError: when ``reduction`` is not one of the above.
+
+    Example:
+        >>> loss = FlowNLLLoss()
+        >>> loss([FlowOutput(torch.ones(2, 2, 1, 1), torch.ones(2))])
+        tensor(0.)
+    """
+
+    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+        super().__init__()
+        try:
+            self.reduction = look_up_option(reduction, LossReduction).value
+        except ValueError as err:
+            options = [r.value for r in LossReduction]
+            msg = f"reduction must be one of {options}, got {reduction!r}."
+            raise ValueError(msg) from err
+
+    def forward(self, flow_outputs: Sequence[FlowOutput] | FlowOutput, targets: Tensor | None = None) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            flow_outputs: one :class:`FlowOutput` per scale (or a single one); each is ``(z, log_jac_det)`` with
+                ``z`` of shape ``(B, C_l, H_l, W_l)`` and ``log_jac_det`` of shape ``(B,)``.
+            targets: ignored. Accepted so the loss can be called as ``loss_function(pred, targets)`` by MONAI's
+                ``SupervisedTrainer``; the flow is trained without labels.
+
+        Returns:
+            a scalar tensor (``(B,)`` for ``reduction="none"``).
+
+        Raises:
+            ValueError: when ``flow_outputs`` is empty or its scales have different batch sizes.
+        """
+        flow_outputs = getattr(flow_outputs, "flows", flow_outputs)  # a network's training NamedTuple
+        if isinstance(flow_outputs, FlowOutput):
+            flow_outputs = [flow_outputs]
+        if len(flow_outputs) == 0:
+            msg = "flow_outputs must hold at least one (z, log_jac_det) pair, got an empty sequence."
+            raise ValueError(msg)
+        per_scale = [flow_nll(z, log_jac_det) for z, log_jac_det in flow_outputs]
+        batch_sizes = [nll.shape[0] for nll in per_scale]
+        if len(set(batch_sizes)) != 1:
+            msg = f"flow_outputs must share one batch size across scales, got batch sizes {batch_sizes}."
+            raise ValueError(msg)
+        per_sample = torch.stack(per_scale, dim=0).sum(dim=0)
+        if self.reduction == LossReduction.MEAN.value:
+            return per_sample.mean()
+        if self.reduction == LossReduction.SUM.value:
+            return per_sample.sum()
+        return per_sample

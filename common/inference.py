@@ -1,0 +1,238 @@
+"""Batch inference over a folder of images or NIfTI volumes.
+
+For every input file the runner writes ``<stem>_anomaly.nii.gz`` (float32, on the input's grid), optionally
+``<stem>_mask.nii.gz`` at the calibrated pixel threshold, and one ``scores.csv`` (file, slice, slice score, volume
+score). A bad file is reported with its name and skipped, the rest of the batch completes, every output is written
+under a temporary name and renamed, and inputs are only read.
+
+The runner is a plain loop rather than MONAI's ``SupervisedEvaluator``: an evaluator stops at the first file its
+data loader cannot read, while a batch run over clinical folders must report that file and go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.data import IMAGE_SUFFIXES, ImageRecord, file_stem
+from common.io import atomic_output
+from common.scoring import MapScorer, volume_score
+from common.training import load_checkpoint
+from common.volumes import LoadedImage, SliceSettings, SliceWiseInferer, load_record, select_slices, write_map
+
+__all__ = ["AnomalyInference", "InferenceSummary", "list_input_files", "predict_volume", "write_csv_atomic"]
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_FOLDERS = ("ground_truth", "brain_mask")
+
+
+def list_input_files(folder: str | Path) -> list[Path]:
+    """Image and NIfTI files under ``folder`` (recursively; ``ground_truth``/``brain_mask`` folders are skipped).
+
+    Raises:
+        ValueError: when ``folder`` is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        msg = f"{root}: input folder does not exist or is not a folder"
+        raise ValueError(msg)
+    files = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).parts
+        if any(part in SKIPPED_FOLDERS or part.startswith(".") for part in relative):
+            continue
+        if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
+            files.append(path)
+    return files
+
+
+def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    """Write a CSV file under a temporary name, then rename it."""
+    path = Path(path)
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@torch.inference_mode()
+def predict_volume(
+    network: nn.Module,
+    loaded: LoadedImage,
+    scorer: MapScorer,
+    device: torch.device | str,
+    sw_batch_size: int = 16,
+    amp: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps and slice scores for a loaded file.
+
+    Args:
+        network: a detector in eval mode mapping ``(B, 1, H, W)`` to ``(B, 1, H, W)``.
+        loaded: the normalised image with its foreground.
+        scorer: smoothing, foreground restriction and image score.
+        device: where to run.
+        sw_batch_size: slices per forward pass.
+        amp: bf16 autocast on CUDA.
+
+    Returns:
+        ``(maps, slice_scores)``: maps of the volume's shape ``(X, Y, Z)`` (zero outside the foreground) and one
+        score per slice along the slicing axis.
+    """
+    device = torch.device(device)
+    image = torch.from_numpy(loaded.image)[None, None].to(device)
+    inferer = SliceWiseInferer(spatial_dim=loaded.axis, sw_batch_size=sw_batch_size)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    with autocast:
+        raw = inferer(image, network)
+    slices = raw[0, 0].float().movedim(loaded.axis, 0)[:, None]
+    foreground = torch.from_numpy(loaded.foreground).to(device).movedim(loaded.axis, 0)[:, None]
+    maps = scorer.maps(slices, foreground)
+    scores = scorer.image_scores(maps, foreground)
+    return maps[:, 0].movedim(0, loaded.axis).cpu().numpy(), scores.cpu().numpy()
+
+
+@dataclass
+class InferenceSummary:
+    """What a batch run did: the files written, the per-slice score rows and the files that failed."""
+
+    written: list[Path] = field(default_factory=list)
+    rows: list[list[object]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class AnomalyInference:
+    """Batch inference of a trained detector over a folder.
+
+    Args:
+        network: the detector (its ``calibration`` holds the thresholds after loading ``model.pt``).
+        dataset_dir: input folder (any folder of images or NIfTI volumes).
+        output_dir: where maps and ``scores.csv`` go.
+        slice_settings: slicing and normalisation (should match training; a mismatch is logged).
+        scorer: how maps become slice scores (should match training).
+        device: where to run.
+        checkpoint: ``model.pt`` to load, or ``None`` when the network is already loaded.
+        sw_batch_size: slices per forward pass.
+        volume_method: how slice scores become a volume score (``"max"`` or ``"mean"``).
+        write_masks: also write ``<stem>_mask.nii.gz`` at the calibrated pixel threshold.
+        amp: bf16 autocast on CUDA.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        dataset_dir: str | Path,
+        output_dir: str | Path,
+        slice_settings: SliceSettings,
+        scorer: MapScorer,
+        device: torch.device | str = "cpu",
+        checkpoint: str | Path | None = None,
+        sw_batch_size: int = 16,
+        volume_method: str = "max",
+        write_masks: bool = True,
+        amp: bool = True,
+    ) -> None:
+        self.network = network
+        self.dataset_dir = Path(dataset_dir)
+        self.output_dir = Path(output_dir)
+        self.slice_settings = slice_settings
+        self.scorer = scorer
+        self.device = torch.device(device)
+        self.checkpoint = checkpoint
+        self.sw_batch_size = sw_batch_size
+        self.volume_method = volume_method
+        self.write_masks = write_masks
+        self.amp = amp
+        volume_score([0.0], volume_method)  # validates the method name now, not after the first volume
+
+    def _output_stems(self, files: Sequence[Path]) -> list[str]:
+        stems = [file_stem(f) for f in files]
+        duplicated = {s for s in stems if stems.count(s) > 1}
+        return [
+            "_".join(f.relative_to(self.dataset_dir).with_name(s).parts) if s in duplicated else s
+            for f, s in zip(files, stems)
+        ]
+
+    def _check_settings(self) -> None:
+        stored = getattr(getattr(self.network, "calibration", None), "settings", {}).get("preprocessing", {})
+        current = self.slice_settings.as_dict()
+        trained = stored.get("slices") if isinstance(stored, dict) else None
+        if trained and trained != current:
+            logger.warning("slice settings differ from training: trained with %s, running with %s", trained, current)
+
+    def _loaded(self, files: Sequence[Path]) -> Iterator[tuple[Path, LoadedImage | Exception]]:
+        """Load files one ahead in a background thread so reading overlaps with the network."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures: list[Future] = [pool.submit(load_record, ImageRecord(f), self.slice_settings) for f in files[:1]]
+            for i, path in enumerate(files):
+                if i + 1 < len(files):
+                    futures.append(pool.submit(load_record, ImageRecord(files[i + 1]), self.slice_settings))
+                try:
+                    yield path, futures[i].result()
+                except Exception as error:  # reported per file; the batch goes on
+                    yield path, error
+                futures[i] = None  # type: ignore[call-overload]  # release the loaded volume
+
+    def run(self) -> InferenceSummary:
+        """Process every file; returns the summary and writes ``scores.csv`` (and ``failed.csv`` when needed)."""
+        if self.checkpoint is not None:
+            load_checkpoint(self.network, self.checkpoint)
+        self.network.to(self.device).eval()
+        self._check_settings()
+        calibration = getattr(self.network, "calibration", None)
+        calibrated = calibration is not None and calibration.calibrated
+        if self.write_masks and not calibrated:
+            logger.warning("the model holds no calibrated thresholds; no masks will be written")
+        files = list_input_files(self.dataset_dir)
+        if not files:
+            logger.warning("%s: no image or NIfTI files found", self.dataset_dir)
+        summary = InferenceSummary()
+        for (path, loaded), stem in zip(self._loaded(files), self._output_stems(files)):
+            try:
+                if isinstance(loaded, Exception):
+                    raise loaded
+                maps, scores = predict_volume(
+                    self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp
+                )
+                selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
+                vol_score = volume_score(scores[selected], self.volume_method)
+                out_maps = maps if loaded.is_volume else maps[..., 0]
+                written = [write_map(out_maps, path, self.output_dir / f"{stem}_anomaly.nii.gz")]
+                if self.write_masks and calibrated:
+                    mask = (out_maps > float(calibration.pixel_threshold)).astype(np.float32)
+                    written.append(write_map(mask, path, self.output_dir / f"{stem}_mask.nii.gz"))
+            except Exception as error:  # one bad file must not stop the batch
+                message = str(error) if str(path) in str(error) else f"{path}: {error}"
+                logger.error("skipped %s", message)
+                summary.failed.append((str(path), message))
+                continue
+            summary.written.extend(written)
+            image_threshold = float(calibration.image_threshold) if calibrated else float("nan")
+            for index in selected:
+                summary.rows.append(
+                    [str(path), index if loaded.is_volume else "", f"{scores[index]:.6g}", f"{vol_score:.6g}",
+                     int(scores[index] > image_threshold) if calibrated else "",
+                     int(vol_score > image_threshold) if calibrated else ""]
+                )
+            logger.info("%s: volume score %.4g -> %s", path.name, vol_score, written[0])
+        header = ["file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous"]
+        write_csv_atomic(self.output_dir / "scores.csv", header, summary.rows)
+        if summary.failed:
+            write_csv_atomic(self.output_dir / "failed.csv", ["file", "error"], summary.failed)
+        logger.info(
+            "inference done: %d files processed, %d failed; outputs in %s",
+            len(files) - len(summary.failed),
+            len(summary.failed),
+            self.output_dir,
+        )
+        return summary

@@ -1,0 +1,163 @@
+"""From anomaly maps to image, slice and volume scores, and thresholds calibrated on normal data only.
+
+DESIGN.md: a slice score is computed from its map (max, top-k mean or mean, as each paper does) inside the
+foreground; a volume score is the max over its slices unless a bundle says otherwise. Thresholds come from a
+held-out part of ``train/good``: the pixel threshold is a high quantile of normal-pixel scores, the image threshold
+the quantile of normal image scores giving the target false-positive rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import GaussianSmooth
+from torch import nn
+
+__all__ = ["Calibration", "MapScorer", "calibrate_thresholds", "volume_score"]
+
+SCORE_METHODS = ("max", "topk_mean", "mean")
+VOLUME_METHODS = ("max", "mean")
+
+
+class MapScorer:
+    """Turn raw network maps into foreground-restricted maps and image scores.
+
+    Args:
+        method: ``"max"``, ``"topk_mean"`` (mean of the ``topk_fraction`` highest foreground pixels) or ``"mean"``.
+        topk_fraction: fraction of foreground pixels averaged by ``"topk_mean"``, in (0, 1].
+        smoothing_sigma: Gaussian smoothing of the maps (pixels, 0 = none), applied before scoring.
+
+    Example:
+        >>> scorer = MapScorer("max")
+        >>> maps = torch.zeros(1, 1, 4, 4); maps[0, 0, 1, 1] = 3.0
+        >>> scorer.image_scores(maps, torch.ones_like(maps)).tolist()
+        [3.0]
+    """
+
+    def __init__(self, method: str = "max", topk_fraction: float = 0.01, smoothing_sigma: float = 0.0) -> None:
+        if method not in SCORE_METHODS:
+            msg = f"score method must be one of {SCORE_METHODS}, got {method!r}"
+            raise ValueError(msg)
+        if not 0.0 < topk_fraction <= 1.0:
+            msg = f"topk_fraction must be in (0, 1], got {topk_fraction}"
+            raise ValueError(msg)
+        if smoothing_sigma < 0:
+            msg = f"smoothing_sigma must be >= 0, got {smoothing_sigma}"
+            raise ValueError(msg)
+        self.method = method
+        self.topk_fraction = topk_fraction
+        self.smoothing_sigma = smoothing_sigma
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (stored with the model)."""
+        return {"method": self.method, "topk_fraction": self.topk_fraction, "smoothing_sigma": self.smoothing_sigma}
+
+    def maps(self, raw_maps: torch.Tensor, foreground: torch.Tensor | None = None) -> torch.Tensor:
+        """Smooth (optional) and zero the maps ``(B, 1, H, W)`` outside the foreground."""
+        maps = raw_maps.float()
+        if self.smoothing_sigma > 0:
+            maps = GaussianSmooth(sigma=self.smoothing_sigma)(maps.flatten(0, 1)).view_as(maps)
+        if foreground is not None:
+            maps = maps * (foreground > 0)
+        return maps
+
+    def image_scores(self, maps: torch.Tensor, foreground: torch.Tensor | None = None) -> torch.Tensor:
+        """Score each map ``(B, 1, H, W)`` over its foreground pixels; returns ``(B,)``.
+
+        A map with an empty foreground is scored over all its pixels.
+        """
+        flat = maps.float().flatten(1)
+        if foreground is None:
+            inside = torch.ones_like(flat, dtype=torch.bool)
+        else:
+            inside = foreground.flatten(1) > 0
+            inside = torch.where(inside.any(dim=1, keepdim=True), inside, torch.ones_like(inside))
+        scores = []
+        for values, keep in zip(flat, inside):
+            values = values[keep]
+            if self.method == "max":
+                scores.append(values.max())
+            elif self.method == "mean":
+                scores.append(values.mean())
+            else:
+                k = max(1, math.ceil(self.topk_fraction * values.numel()))
+                scores.append(values.topk(k).values.mean())
+        return torch.stack(scores)
+
+
+def volume_score(slice_scores: Sequence[float] | np.ndarray, method: str = "max") -> float:
+    """Aggregate slice scores into a volume score (DESIGN.md: max unless the bundle says otherwise)."""
+    if method not in VOLUME_METHODS:
+        msg = f"volume score method must be one of {VOLUME_METHODS}, got {method!r}"
+        raise ValueError(msg)
+    values = np.asarray(slice_scores, dtype=np.float64)
+    if values.size == 0:
+        return float("nan")
+    return float(values.max() if method == "max" else values.mean())
+
+
+def calibrate_thresholds(
+    normal_pixel_scores: np.ndarray, normal_image_scores: np.ndarray, pixel_quantile: float = 0.999, image_fpr: float = 0.05
+) -> tuple[float, float]:
+    """Thresholds from normal data only.
+
+    Args:
+        normal_pixel_scores: foreground pixel scores of held-out normal images.
+        normal_image_scores: image scores of the same images.
+        pixel_quantile: quantile of normal pixel scores used as the pixel threshold.
+        image_fpr: target false-positive rate on normal images; the image threshold is their
+            ``1 - image_fpr`` quantile.
+
+    Returns:
+        ``(pixel_threshold, image_threshold)``.
+    """
+    if not 0.0 < pixel_quantile < 1.0:
+        msg = f"pixel_quantile must be in (0, 1), got {pixel_quantile}"
+        raise ValueError(msg)
+    if not 0.0 < image_fpr < 1.0:
+        msg = f"image_fpr must be in (0, 1), got {image_fpr}"
+        raise ValueError(msg)
+    pixels = np.asarray(normal_pixel_scores, dtype=np.float64).ravel()
+    images = np.asarray(normal_image_scores, dtype=np.float64).ravel()
+    if pixels.size == 0 or images.size == 0:
+        msg = "calibration needs normal images, got none (is calibration_fraction 0 or train/good too small?)"
+        raise ValueError(msg)
+    return float(np.quantile(pixels, pixel_quantile)), float(np.quantile(images, 1.0 - image_fpr))
+
+
+class Calibration(nn.Module):
+    """Calibrated thresholds and the settings a model was trained with, stored in the model's ``state_dict``.
+
+    The thresholds are buffers (``pixel_threshold``, ``image_threshold``; NaN until calibrated), so any loader
+    of the plain ``state_dict`` (MONAI Label included) gets them. The preprocessing and scoring settings travel as
+    the module's extra state (a plain dict, loadable with ``weights_only=True``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
+        self.register_buffer("image_threshold", torch.tensor(float("nan")))
+        self.settings: dict[str, Any] = {}
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether both thresholds are set."""
+        return bool(torch.isfinite(self.pixel_threshold)) and bool(torch.isfinite(self.image_threshold))
+
+    def set_thresholds(self, pixel_threshold: float, image_threshold: float, **settings: Any) -> None:
+        """Store thresholds and the settings that produced them."""
+        self.pixel_threshold.fill_(pixel_threshold)
+        self.image_threshold.fill_(image_threshold)
+        self.settings.update(settings)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Settings saved with the ``state_dict``."""
+        return dict(self.settings)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the settings from a ``state_dict``."""
+        self.settings = dict(state) if isinstance(state, dict) else {}

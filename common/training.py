@@ -1,0 +1,216 @@
+"""Pieces that plug the detectors into MONAI's ignite training engines.
+
+Training uses MONAI's ``SupervisedTrainer`` unchanged: :class:`ForwardTrainInferer` makes it call the network's
+``forward_train`` (the training-only outputs, STYLE.md rule 2) and the loss ignores the absent labels. Two event
+handlers do the rest of the bundle contract:
+
+* :class:`FeatureStatisticsHandler` fits the frozen backbone's statistics on training images before the first
+  iteration (see :mod:`common.backbones`).
+* :class:`CalibrationHandler` computes thresholds on held-out normal images when training completes, before the
+  final checkpoint is written, so ``model.pt`` carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+from common.scoring import MapScorer, calibrate_thresholds
+
+__all__ = [
+    "CalibrationHandler",
+    "FeatureStatisticsHandler",
+    "ForwardTrainInferer",
+    "load_checkpoint",
+    "predict_maps",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ForwardTrainInferer(Inferer):
+    """Inferer for training: returns ``network.forward_train(inputs)`` (a NamedTuple of training outputs)."""
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """Run the network's training forward pass."""
+        model = network.module if hasattr(network, "module") else network  # DistributedDataParallel
+        if not hasattr(model, "forward_train"):
+            msg = f"{type(model).__name__} has no forward_train method; training needs one (STYLE.md rule 2)"
+            raise TypeError(msg)
+        return model.forward_train(inputs, *args, **kwargs)
+
+
+def _engine_event(name: str) -> Any:
+    from ignite.engine import Events
+
+    return getattr(Events, name)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    return network.module if hasattr(network, "module") else network
+
+
+@torch.inference_mode()
+def predict_maps(
+    network: nn.Module, loader: Iterable[Mapping[str, Any]], device: torch.device | str, scorer: MapScorer
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Run a network in eval mode over a loader of slice dictionaries.
+
+    Returns:
+        ``(maps, foregrounds, image_scores)``: per-slice ``(H, W)`` foreground-restricted maps, their boolean
+        foregrounds, and the image scores.
+    """
+    was_training = network.training
+    network.eval()
+    maps: list[np.ndarray] = []
+    foregrounds: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    try:
+        for batch in loader:
+            images = batch["image"].to(device)
+            foreground = batch["foreground"].to(device) if "foreground" in batch else None
+            batch_maps = scorer.maps(network(images), foreground)
+            scores.append(scorer.image_scores(batch_maps, foreground).cpu().numpy())
+            fg = foreground if foreground is not None else torch.ones_like(batch_maps)
+            maps.extend(m[0] for m in batch_maps.cpu().numpy())
+            foregrounds.extend(f[0] > 0 for f in fg.cpu().numpy())
+    finally:
+        network.train(was_training)
+    return maps, foregrounds, np.concatenate(scores) if scores else np.zeros(0)
+
+
+class FeatureStatisticsHandler:
+    """Fit the frozen backbone's statistics (``network.extractor.fit_statistics``) when training starts.
+
+    Args:
+        network: a detector with an ``extractor`` attribute (:class:`common.backbones.FeatureExtractor`).
+        loader: batches of training slice dictionaries with an ``image`` key (no augmentation needed).
+        device: where to run.
+        max_batches: use at most this many batches.
+        refit: refit even if the extractor already holds fitted statistics (e.g. after resuming).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loader: Iterable[Mapping[str, Any]],
+        device: torch.device | str,
+        max_batches: int | None = None,
+        refit: bool = False,
+    ) -> None:
+        self.network = network
+        self.loader = loader
+        self.device = device
+        self.max_batches = max_batches
+        self.refit = refit
+
+    def attach(self, engine: Any) -> None:
+        """Run at ``Events.STARTED`` of ``engine``."""
+        engine.add_event_handler(_engine_event("STARTED"), self)
+
+    def __call__(self, engine: Any = None) -> None:
+        """Fit the statistics unless they are already fitted."""
+        extractor = getattr(_unwrap(self.network), "extractor", None)
+        if extractor is None:
+            msg = f"{type(_unwrap(self.network)).__name__} has no 'extractor' attribute to fit statistics on"
+            raise AttributeError(msg)
+        if bool(extractor.fitted) and not self.refit:
+            logger.info("feature statistics already fitted; keeping them")
+            return
+        images = []
+        for i, batch in enumerate(self.loader):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            images.append(batch["image"])
+        extractor.fit_statistics(images, self.device)
+        logger.info("fitted feature statistics on %d training images", sum(len(b) for b in images))
+
+
+class CalibrationHandler:
+    """Calibrate pixel and image thresholds on held-out normal images when training completes.
+
+    Thresholds (DESIGN.md): pixel threshold = ``pixel_quantile`` of normal foreground pixel scores; image threshold
+    = the ``1 - image_fpr`` quantile of normal image scores. They are stored in ``network.calibration`` with the
+    preprocessing and scoring settings, so the final checkpoint carries them. Attach it BEFORE the checkpoint saver.
+
+    Args:
+        network: a detector with a ``calibration`` attribute (:class:`common.scoring.Calibration`).
+        loader: batches of held-out normal slice dictionaries (``image``, ``foreground``).
+        device: where to run.
+        scorer: how maps become image scores.
+        pixel_quantile: quantile for the pixel threshold.
+        image_fpr: target image-level false-positive rate.
+        settings: preprocessing settings to store with the model.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loader: Iterable[Mapping[str, Any]],
+        device: torch.device | str,
+        scorer: MapScorer,
+        pixel_quantile: float = 0.999,
+        image_fpr: float = 0.05,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.network = network
+        self.loader = loader
+        self.device = device
+        self.scorer = scorer
+        self.pixel_quantile = pixel_quantile
+        self.image_fpr = image_fpr
+        self.settings = dict(settings or {})
+
+    def attach(self, engine: Any) -> None:
+        """Run at ``Events.COMPLETED`` of ``engine``."""
+        engine.add_event_handler(_engine_event("COMPLETED"), self)
+
+    def __call__(self, engine: Any = None) -> None:
+        """Compute and store the thresholds."""
+        network = _unwrap(self.network)
+        maps, foregrounds, image_scores = predict_maps(network, self.loader, self.device, self.scorer)
+        pixels = np.concatenate([m[f] for m, f in zip(maps, foregrounds)]) if maps else np.zeros(0)
+        pixel_threshold, image_threshold = calibrate_thresholds(pixels, image_scores, self.pixel_quantile, self.image_fpr)
+        network.calibration.set_thresholds(
+            pixel_threshold,
+            image_threshold,
+            preprocessing=self.settings,
+            scoring=self.scorer.as_dict(),
+            pixel_quantile=self.pixel_quantile,
+            image_fpr=self.image_fpr,
+            n_calibration_slices=len(maps),
+            normal_score_mean=float(np.mean(image_scores)),
+            normal_score_std=float(np.std(image_scores)),
+        )
+        logger.info(
+            "calibrated on %d normal slices: pixel threshold %.4g, image threshold %.4g",
+            len(maps),
+            pixel_threshold,
+            image_threshold,
+        )
+
+
+def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load ``model.pt`` (a ``state_dict`` or ``{"model": state_dict}``, as MONAI's ``CheckpointSaver`` writes it).
+
+    Loaded with ``weights_only=True``; the calibration thresholds and settings travel inside the ``state_dict``.
+
+    Raises:
+        FileNotFoundError: when the file does not exist (with the command that writes it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: model checkpoint not found; train first (python -m monai.bundle run training ...)"
+        raise FileNotFoundError(msg)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    _unwrap(network).load_state_dict(state, strict=strict)
+    return network
