@@ -401,8 +401,9 @@ class FlowNLLLoss(nn.Module):
         """Compute the loss.
 
         Args:
-            flow_outputs: one :class:`FlowOutput` per scale (or a single one); each is ``(z, log_jac_det)`` with
-                ``z`` of shape ``(B, C_l, H_l, W_l)`` and ``log_jac_det`` of shape ``(B,)``.
+            flow_outputs: one :class:`FlowOutput` per scale (or a single one), or a network's training output
+                with a ``flows`` attribute holding them (e.g. a NamedTuple returned by ``forward_train``); each is
+                ``(z, log_jac_det)`` with ``z`` of shape ``(B, C_l, H_l, W_l)`` and ``log_jac_det`` of shape ``(B,)``.
             targets: ignored. Accepted so the loss can be called as ``loss_function(pred, targets)`` by MONAI's
                 ``SupervisedTrainer``; the flow is trained without labels.
 
@@ -411,6 +412,7 @@ class FlowNLLLoss(nn.Module):
 
         Raises:
             ValueError: when ``flow_outputs`` is empty or its scales have different batch sizes.
+            TypeError: when an item of ``flow_outputs`` is not a ``(z, log_jac_det)`` pair of tensors.
         """
         flow_outputs = getattr(flow_outputs, "flows", flow_outputs)  # a network's training NamedTuple
         if isinstance(flow_outputs, FlowOutput):
@@ -418,6 +420,13 @@ class FlowNLLLoss(nn.Module):
         if len(flow_outputs) == 0:
             msg = "flow_outputs must hold at least one (z, log_jac_det) pair, got an empty sequence."
             raise ValueError(msg)
+        for i, item in enumerate(flow_outputs):
+            if not isinstance(item, Sequence) or len(item) != 2 or not all(torch.is_tensor(t) for t in item):
+                msg = (
+                    f"flow_outputs[{i}] must be a FlowOutput(z, log_jac_det) pair of tensors, "
+                    f"got {type(item).__name__}."
+                )
+                raise TypeError(msg)
         per_scale = [flow_nll(z, log_jac_det) for z, log_jac_det in flow_outputs]
         batch_sizes = [nll.shape[0] for nll in per_scale]
         if len(set(batch_sizes)) != 1:

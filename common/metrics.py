@@ -132,7 +132,7 @@ def _collect_pixels(
         msg = "masks and maps hold no pixels: expected at least one pixel"
         raise ValueError(msg)
 
-    # float16 is widened to float32; integer maps become float64 so every value stays exact
+    # float16 is widened to float32 and integers to a float type that holds them exactly
     dtype = np.result_type(*(item.dtype for item in map_items), np.float32)
     scores = np.concatenate([item.ravel() for item in map_items]).astype(dtype, copy=False)
     binary = [item > 0 for item in mask_items]
@@ -273,7 +273,7 @@ def _best_dice(pixels: _Pixels, ranking: _Ranking) -> tuple[float, float]:
     # Adding an anomalous pixel always raises 2TP / (TP + FP + n_pos), so the best set is {score > level} for a
     # normal level (all anomalous pixels above the next normal level included), or the set of every pixel.
     tp_gt, _ = ranking.above()
-    fp_gt = ranking.fp_ge  # normal pixels strictly above each level
+    fp_gt = np.concatenate((ranking.fp_ge[1:], [0]))  # normal pixels strictly above each level
     dice = 2.0 * tp_gt / (tp_gt + fp_gt + n_pos)
     dice_all = 2.0 * n_pos / (2.0 * n_pos + ranking.n_normal)
     if dice.size:
@@ -353,8 +353,13 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | Non
         msg = f"labels must be binary (0 = normal, 1 = anomalous), got values {np.unique(y)[:10].tolist()}"
         raise ValueError(msg)
     y = y.astype(np.int64)
-    if not np.issubdtype(s.dtype, np.number) or not np.isfinite(s).all():
-        msg = f"scores must be finite numbers, got {s[~np.isfinite(s)][:5].tolist() or s.dtype}"
+    if s.dtype == np.bool_:
+        s = s.astype(np.float64)
+    if not np.issubdtype(s.dtype, np.number):
+        msg = f"scores must be numbers, got an array of dtype {s.dtype}"
+        raise ValueError(msg)
+    if not np.isfinite(s).all():
+        msg = f"scores must be finite, got non-finite values {s[~np.isfinite(s)][:5].tolist()}"
         raise ValueError(msg)
 
     both_classes = 0 < int(y.sum()) < y.size
@@ -398,9 +403,7 @@ def pixel_auroc(masks: ArrayStack, maps: ArrayStack, foreground: ArrayStack | No
     return _pixel_metrics(pixels, None, 1.0, keys=("pixel_auroc",))["pixel_auroc"]
 
 
-def aupro(
-    masks: ArrayStack, maps: ArrayStack, fpr_limit: float = 0.3, foreground: ArrayStack | None = None
-) -> float:
+def aupro(masks: ArrayStack, maps: ArrayStack, fpr_limit: float = 0.3, foreground: ArrayStack | None = None) -> float:
     """Normalised area under the per-region overlap (PRO) curve up to a false-positive rate.
 
     Bergmann, Batzner, Fauser, Sattlegger, Steger, "The MVTec Anomaly Detection Dataset: A Comprehensive Real-World

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,8 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from common.io import atomic_output
 
 __all__ = [
     "SPACING_MM",
@@ -158,9 +158,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple
     return field / std if std > 0 else field
 
 
-def _periodic(
-    rng: np.random.Generator, phi: np.ndarray, z: np.ndarray | float, k_min: int, k_max: int
-) -> np.ndarray:
+def _periodic(rng: np.random.Generator, phi: np.ndarray, z: np.ndarray | float, k_min: int, k_max: int) -> np.ndarray:
     """Smooth random function of the polar angle ``phi`` (unit standard deviation) that drifts linearly along ``z``."""
     ks = np.arange(k_min, k_max + 1)
     a0 = rng.standard_normal(ks.size) / ks
@@ -207,9 +205,7 @@ def _render(rng: np.random.Generator, g: _Grid) -> _Subject:
 
     # Gyri: radial sulci (CSF clefts) from the surface; white matter follows the folds below a cortex ribbon.
     n_gyri = rng.integers(18, 27)
-    gyral = np.cos(
-        n_gyri * phi + 1.2 * _periodic(rng, phi, z, 1, 4) + 1.5 * _smooth_noise(rng, shape, g.sigma(0.06))
-    )
+    gyral = np.cos(n_gyri * phi + 1.2 * _periodic(rng, phi, z, 1, 4) + 1.5 * _smooth_noise(rng, shape, g.sigma(0.06)))
     sulcus_depth = np.clip(0.09 + 0.03 * _periodic(rng, phi, z, 1, 6), 0.04, None)
     sulcus = brain & (depth < sulcus_depth) & (gyral > 0.86 + 0.12 * np.clip(depth / sulcus_depth, 0.0, 1.0))
     t_cortex = rng.uniform(0.035, 0.045)
@@ -377,9 +373,7 @@ def make_subject_pair(
     return _acquire(subject, subject.clean), _acquire(subject, with_lesion), mask, subject.brain.astype(np.uint8)
 
 
-def _make(
-    rng: np.random.Generator, shape: tuple[int, ...], lesion: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _make(rng: np.random.Generator, shape: tuple[int, ...], lesion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one subject (validated ``shape``) with or without lesions: (image, lesion mask, brain mask)."""
     g = _grid(rng, shape)
     subject = _render(rng, g)
@@ -468,16 +462,9 @@ def volume_affine(shape: Sequence[int]) -> np.ndarray:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` under a temporary name next to ``path``, then rename it over ``path``."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -74,6 +75,12 @@ BAD_SUBNET_ARGS = [
     (lambda: conv_subnet_constructor(kernel_size=0), "kernel_size"),
 ]
 BAD_SUBNET_IDS = ["cbam-hidden0", "cbam-reduction0", "cbam-kernel-even", "conv-hidden-negative", "conv-kernel0"]
+
+
+class _TrainOutput(NamedTuple):
+    """A network's training output, as passed by MONAI's SupervisedTrainer to the loss."""
+
+    flows: list[FlowOutput]
 
 
 def _perturb_zero_layers(flow: nn.Module, scale: float, seed: int) -> None:
@@ -289,6 +296,8 @@ def test_flow_nll_loss_sums_scales_and_averages_batch() -> None:
     # plain (z, log_jac_det) tuples and a single output are accepted
     torch.testing.assert_close(loss([tuple(o) for o in outputs]), value)
     torch.testing.assert_close(loss(outputs[0]), flow_nll(*outputs[0]).mean())
+    # a network's training NamedTuple with a `flows` field
+    torch.testing.assert_close(loss(_TrainOutput(flows=outputs), torch.zeros(2)), value)
     torch.testing.assert_close(FlowNLLLoss(reduction="sum")(outputs), per_sample.sum())
     torch.testing.assert_close(FlowNLLLoss(reduction="none")(outputs), per_sample)
 
@@ -304,6 +313,9 @@ def test_flow_nll_loss_bad_inputs_raise() -> None:
     ]
     with pytest.raises(ValueError, match="^flow_outputs must share one batch size"):
         FlowNLLLoss()(mismatched)
+    # a nested list (e.g. the training NamedTuple's fields passed as a sequence) is not a (z, log_jac_det) pair
+    with pytest.raises(TypeError, match=r"^flow_outputs\[0\] must be a FlowOutput"):
+        FlowNLLLoss()([mismatched])
     with pytest.raises(ValueError, match="^log_jac_det must have shape"):
         flow_nll(torch.randn(2, 4, 2, 2), torch.randn(2, 1))
     with pytest.raises(ValueError, match="^z must have shape"):

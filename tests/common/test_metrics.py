@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -49,13 +51,12 @@ def _flat(items: list[np.ndarray]) -> np.ndarray:
 def _clipped_trapezoid(points: list[tuple[float, float]], limit: float) -> float:
     """Area under a polyline of (x, y) points with non-decreasing x, for x in [0, limit]."""
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:], strict=True):
+    for (x0, y0), (x1, y1) in pairwise(points):
         if x0 >= limit:
             break
-        if x1 > limit:
-            y1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
-            x1 = limit
-        area += (x1 - x0) * (y0 + y1) / 2.0
+        x_end = min(x1, limit)
+        y_end = y0 + (y1 - y0) * (x_end - x0) / (x1 - x0) if x1 > limit else y1
+        area += (x_end - x0) * (y0 + y_end) / 2.0
     return area
 
 
@@ -160,13 +161,15 @@ IMAGE_ERROR_CASES = [
     ([0, 1, 1], [0.1, 0.2], "3 labels"),
     # NaN score
     ([0, 1], [0.1, float("nan")], "finite"),
+    # text scores
+    ([0, 1], ["a", "b"], "numbers"),
     # empty
     ([], [], "empty"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("labels", "scores", "match"), IMAGE_ERROR_CASES, ids=["non-binary", "length", "nan-score", "empty"]
+    ("labels", "scores", "match"), IMAGE_ERROR_CASES, ids=["non-binary", "length", "nan-score", "text-score", "empty"]
 )
 def test_image_metrics_rejects_bad_input(labels: list, scores: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -374,22 +377,22 @@ def test_dice_without_anomalies_is_nan() -> None:
 SHAPE_ERROR_CASES = [
     # one map of a list with the wrong shape: the message names the index and both shapes
     (
-        dict(masks=[np.zeros((4, 4)), np.zeros((5, 5))], maps=[np.zeros((4, 4)), np.zeros((5, 4))]),
+        {"masks": [np.zeros((4, 4)), np.zeros((5, 5))], "maps": [np.zeros((4, 4)), np.zeros((5, 4))]},
         r"masks\[1\] has shape \(5, 5\) but maps\[1\] has shape \(5, 4\)",
     ),
     # stacked arrays with a channel axis on the maps only
-    (dict(masks=np.zeros((2, 4, 4)), maps=np.zeros((2, 1, 4, 4))), r"masks\[0\] has shape \(4, 4\) but maps\[0\]"),
+    ({"masks": np.zeros((2, 4, 4)), "maps": np.zeros((2, 1, 4, 4))}, r"masks\[0\] has shape \(4, 4\) but maps\[0\]"),
     # different numbers of images
-    (dict(masks=np.zeros((3, 4, 4)), maps=np.zeros((2, 4, 4))), "same number of images, got 3 and 2"),
+    ({"masks": np.zeros((3, 4, 4)), "maps": np.zeros((2, 4, 4))}, "same number of images, got 3 and 2"),
     # foreground of the wrong shape
     (
-        dict(masks=np.zeros((2, 4, 4)), maps=np.zeros((2, 4, 4)), foreground=np.zeros((2, 4, 3))),
+        {"masks": np.zeros((2, 4, 4)), "maps": np.zeros((2, 4, 4)), "foreground": np.zeros((2, 4, 3))},
         r"foreground\[0\] has shape \(4, 3\)",
     ),
     # a single 1D array is ambiguous
-    (dict(masks=np.zeros(4), maps=np.zeros(4)), "wrap a single image in a list"),
+    ({"masks": np.zeros(4), "maps": np.zeros(4)}, "wrap a single image in a list"),
     # NaN in a map
-    (dict(masks=[np.zeros(3)], maps=[np.array([0.0, np.nan, 1.0])]), r"maps\[0\] contains NaN"),
+    ({"masks": [np.zeros(3)], "maps": [np.array([0.0, np.nan, 1.0])]}, r"maps\[0\] contains NaN"),
 ]
 
 
@@ -397,7 +400,7 @@ SHAPE_ERROR_CASES = [
 @pytest.mark.parametrize(
     ("kwargs", "match"), SHAPE_ERROR_CASES, ids=["ragged", "channel-axis", "count", "foreground", "1d", "nan"]
 )
-def test_pixel_metrics_reject_bad_input(func: object, kwargs: dict, match: str) -> None:
+def test_pixel_metrics_reject_bad_input(func: Callable[..., object], kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         func(**kwargs)
 
@@ -408,11 +411,9 @@ def test_pixel_metrics_reject_bad_input(func: object, kwargs: dict, match: str) 
 
 def test_evaluate_anomaly_detection_combines_all_metrics() -> None:
     masks, maps, foreground = _random_set(11, [(8, 8), (9, 7), (6, 6), (7, 8)], 2)
-    masks[0][:2, :2] = 1
+    masks[0][:2, :2] = 1  # first image anomalous, last image normal
+    masks[-1][:] = 0
     labels = [int(np.any(m > 0)) for m in masks]
-    if len(set(labels)) == 1:
-        masks[-1][:] = 0
-        labels[-1] = 0
     scores = [float(np.max(s)) for s in maps]
     out = evaluate_anomaly_detection(
         labels, scores, masks, maps, image_threshold=1.0, pixel_threshold=0.9, foreground=foreground, fpr_limit=0.3
@@ -443,11 +444,11 @@ def test_evaluate_anomaly_detection_image_only() -> None:
 
 EVALUATE_ERROR_CASES = [
     # masks without maps
-    (dict(masks=np.zeros((2, 3, 3))), "masks and maps must be given together"),
+    ({"masks": np.zeros((2, 3, 3))}, "masks and maps must be given together"),
     # foreground without masks
-    (dict(foreground=np.ones((2, 3, 3))), "foreground was given without masks"),
+    ({"foreground": np.ones((2, 3, 3))}, "foreground was given without masks"),
     # bad limit
-    (dict(masks=np.zeros((2, 3, 3)), maps=np.zeros((2, 3, 3)), fpr_limit=0.0), "fpr_limit"),
+    ({"masks": np.zeros((2, 3, 3)), "maps": np.zeros((2, 3, 3)), "fpr_limit": 0.0}, "fpr_limit"),
 ]
 
 
