@@ -159,6 +159,7 @@ def discover_dataset(dataset_dir: str | Path, require_test: bool = False) -> Dat
     root = Path(dataset_dir)
     if not root.is_dir():
         msg = f"{root}: dataset_dir does not exist or is not a folder; {_LAYOUT_HELP}"
+        logger.error(msg)
         raise DatasetLayoutError(msg)
     index = DatasetIndex(root=root)
     index.train_good = [
@@ -180,9 +181,11 @@ def discover_dataset(dataset_dir: str | Path, require_test: bool = False) -> Dat
     if not index.train_good and not require_test:
         found = sorted(p.name for p in root.iterdir())[:10]
         msg = f"{root}: no training images in train/good/ (found entries {found}); {_LAYOUT_HELP}"
+        logger.error(msg)  # one clear line before MONAI's config machinery wraps the exception
         raise DatasetLayoutError(msg)
     if require_test and not index.test:
         msg = f"{root}: no test images under test/<class>/; {_LAYOUT_HELP}"
+        logger.error(msg)
         raise DatasetLayoutError(msg)
     return index
 

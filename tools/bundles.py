@@ -82,7 +82,9 @@ def run_bundle(
         result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
         output = (result.stdout or "") + (result.stderr or "")
     if result.returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-15:])
+        lines = output.strip().splitlines()
+        errors = [line for line in lines if " - ERROR - " in line]
+        tail = "\n".join(errors + lines[-15:])
         msg = f"{' '.join(command[1:])} failed with exit code {result.returncode}:\n{tail}"
         raise BundleRunError(msg)
     return result

@@ -1,0 +1,263 @@
+"""Tests for common.inference: batch runs over folders with bad files, outputs on the input grid, scores CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from common.data import ImageRecord
+from common.inference import AnomalyInference, list_input_files, predict_volume
+from common.scoring import Calibration, MapScorer
+from common.volumes import LoadedImage, SliceSettings
+
+VOLUME_SHAPE = (12, 10, 6)
+PNG_HW = (10, 14)  # rows, columns
+CSV_HEADER = ["file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous"]
+PIXEL_THRESHOLD, IMAGE_THRESHOLD = 0.4, 0.47
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+class DistanceFromHalf(nn.Module):
+    """A 'detector' whose anomaly map is |x - 0.5|, with calibration thresholds like a trained bundle network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calibration = Calibration()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5).abs()
+
+
+def _affine() -> np.ndarray:
+    angle = 0.4
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(
+        [[np.cos(angle), 0.0, np.sin(angle)], [0.0, 1.0, 0.0], [-np.sin(angle), 0.0, np.cos(angle)]]
+    ) @ np.diag([0.9, 1.1, 3.0])
+    affine[:3, 3] = [12.0, -7.0, 40.0]
+    return affine
+
+
+def _settings(**kwargs) -> SliceSettings:
+    """Intensities 0..255 map linearly to [0, 1] and everything is foreground, so expected maps are easy to write."""
+    defaults = {"axis": 2, "intensity": {"mode": "range", "a_min": 0.0, "a_max": 255.0}, "foreground": "none"}
+    return SliceSettings(**(defaults | kwargs))
+
+
+def _make_inputs(folder: Path) -> dict[str, np.ndarray]:
+    """A corrupt NIfTI, a 4D NIfTI, a good 3D NIfTI and a good PNG, plus files inference must ignore."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    (folder / "corrupt.nii.gz").write_bytes(rng.bytes(600))
+    nib.save(nib.Nifti1Image(rng.random((6, 5, 4, 3)).astype(np.float32), np.eye(4)), str(folder / "series.nii.gz"))
+    volume = np.round(rng.random(VOLUME_SHAPE) * 255).astype(np.float32)
+    image = nib.Nifti1Image(volume, _affine())
+    image.header["descrip"] = b"inference input"
+    nib.save(image, str(folder / "brain.nii.gz"))
+    photo = rng.integers(0, 256, PNG_HW, dtype=np.uint8)
+    Image.fromarray(photo).save(folder / "photo.png")
+    # ignored: masks next to the images, hidden files and non-image files
+    (folder / "ground_truth" / "tumor").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros(VOLUME_SHAPE, np.uint8), np.eye(4)), str(folder / "ground_truth" / "tumor" / "brain.nii.gz"))
+    (folder / "brain_mask").mkdir()
+    Image.fromarray(np.zeros(PNG_HW, np.uint8)).save(folder / "brain_mask" / "photo.png")
+    (folder / ".hidden.png").write_bytes(b"not an image")
+    (folder / "README.txt").write_text("notes")
+    return {"brain": volume, "photo": photo.T.astype(np.float32)}  # MONAI order (W, H) for the PNG
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _run(tmp_path: Path, calibrated: bool = True, **settings):
+    inputs = tmp_path / "in"
+    arrays = _make_inputs(inputs)
+    network = DistanceFromHalf()
+    if calibrated:
+        network.calibration.set_thresholds(PIXEL_THRESHOLD, IMAGE_THRESHOLD)
+    before = _snapshot(inputs)
+    runner = AnomalyInference(network, inputs, tmp_path / "out", _settings(**settings), MapScorer("max"), device="cpu")
+    summary = runner.run()
+    return inputs, tmp_path / "out", arrays, before, summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# AnomalyInference.run
+
+
+def test_run_writes_maps_on_the_input_grid(tmp_path: Path) -> None:
+    inputs, out, arrays, _, summary = _run(tmp_path, slice_range=(1, 5))
+    expected_files = ["brain_anomaly.nii.gz", "brain_mask.nii.gz", "photo_anomaly.nii.gz", "photo_mask.nii.gz"]
+    assert sorted(p.name for p in summary.written) == expected_files
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected_files, "scores.csv", "failed.csv"])
+
+    source = nib.load(str(inputs / "brain.nii.gz"))
+    anomaly = nib.load(str(out / "brain_anomaly.nii.gz"))
+    assert anomaly.shape == VOLUME_SHAPE
+    np.testing.assert_allclose(anomaly.affine, source.affine)
+    assert anomaly.get_data_dtype() == np.float32
+    expected_map = np.abs(arrays["brain"] / 255.0 - 0.5)
+    # the map covers every slice, also those outside the slice range used for scoring
+    np.testing.assert_allclose(anomaly.get_fdata(), expected_map, atol=1e-6)
+    mask = nib.load(str(out / "brain_mask.nii.gz"))
+    assert mask.shape == VOLUME_SHAPE
+    np.testing.assert_allclose(mask.affine, source.affine)
+    np.testing.assert_array_equal(mask.get_fdata() > 0, anomaly.get_fdata(dtype=np.float32) > PIXEL_THRESHOLD)
+
+    photo = nib.load(str(out / "photo_anomaly.nii.gz"))
+    assert photo.shape == PNG_HW[::-1]
+    np.testing.assert_allclose(photo.affine, np.eye(4))
+    np.testing.assert_allclose(photo.get_fdata(), np.abs(arrays["photo"] / 255.0 - 0.5), atol=1e-6)
+
+
+def test_run_writes_scores_csv_for_selected_slices(tmp_path: Path) -> None:
+    inputs, out, arrays, _, summary = _run(tmp_path, slice_range=(1, 5))
+    rows = _read_csv(out / "scores.csv")
+    assert rows[0] == CSV_HEADER
+    body = rows[1:]
+    assert len(body) == len(summary.rows) == 4 + 1  # slices 1..4 of the volume, one row for the PNG
+
+    brain_rows = [r for r in body if r[0] == str(inputs / "brain.nii.gz")]
+    assert [int(r[1]) for r in brain_rows] == [1, 2, 3, 4]
+    slice_scores = np.abs(arrays["brain"] / 255.0 - 0.5).max(axis=(0, 1))
+    volume = slice_scores[1:5].max()
+    for row in brain_rows:
+        index = int(row[1])
+        assert float(row[2]) == pytest.approx(slice_scores[index], rel=1e-5)
+        assert float(row[3]) == pytest.approx(volume, rel=1e-5)
+        assert row[4] == str(int(slice_scores[index] > IMAGE_THRESHOLD))
+        assert row[5] == str(int(volume > IMAGE_THRESHOLD))
+
+    (photo_row,) = [r for r in body if r[0] == str(inputs / "photo.png")]
+    photo_score = np.abs(arrays["photo"] / 255.0 - 0.5).max()
+    assert photo_row[1] == ""
+    assert float(photo_row[2]) == pytest.approx(photo_score, rel=1e-5)
+    assert float(photo_row[3]) == pytest.approx(photo_score, rel=1e-5)
+
+
+def test_run_reports_bad_files_and_completes(tmp_path: Path) -> None:
+    inputs, out, _, _, summary = _run(tmp_path)
+    failed = dict(summary.failed)
+    assert sorted(failed) == [str(inputs / "corrupt.nii.gz"), str(inputs / "series.nii.gz")]
+    corrupt_message = failed[str(inputs / "corrupt.nii.gz")]
+    assert corrupt_message.startswith(str(inputs / "corrupt.nii.gz"))
+    assert "cannot be read" in corrupt_message
+    series_message = failed[str(inputs / "series.nii.gz")]
+    assert series_message.startswith(str(inputs / "series.nii.gz"))
+    assert "expected a 2D image or a 3D volume" in series_message and "(6, 5, 4, 3)" in series_message
+    rows = _read_csv(out / "failed.csv")
+    assert rows[0] == ["file", "error"]
+    assert sorted(tuple(r) for r in rows[1:]) == sorted(summary.failed)
+    # no output for the bad files
+    assert not list(out.glob("corrupt*")) and not list(out.glob("series*"))
+
+
+def test_run_leaves_inputs_unchanged_and_no_temporary_files(tmp_path: Path) -> None:
+    inputs, out, _, before, summary = _run(tmp_path)
+    assert _snapshot(inputs) == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # ignored files were neither processed nor reported
+    processed = {r[0] for r in summary.rows} | {f for f, _ in summary.failed}
+    assert all("ground_truth" not in p and "brain_mask" not in p and ".hidden" not in p for p in processed)
+    assert len(processed) == 4
+
+
+def test_run_without_calibration_writes_no_masks(tmp_path: Path) -> None:
+    _, out, _, _, summary = _run(tmp_path, calibrated=False)
+    assert sorted(p.name for p in summary.written) == ["brain_anomaly.nii.gz", "photo_anomaly.nii.gz"]
+    assert not list(out.glob("*_mask.nii.gz"))
+    rows = _read_csv(out / "scores.csv")[1:]
+    assert len(rows) == VOLUME_SHAPE[2] + 1
+    assert all(r[4] == "" and r[5] == "" for r in rows)
+
+
+def test_run_duplicate_stems_get_distinct_outputs(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    for site in ("site_a", "site_b"):
+        (inputs / site).mkdir(parents=True)
+        Image.fromarray(np.full(PNG_HW, 40 if site == "site_a" else 200, np.uint8)).save(inputs / site / "scan.png")
+    summary = AnomalyInference(DistanceFromHalf(), inputs, tmp_path / "out", _settings(), MapScorer()).run()
+    assert sorted(p.name for p in summary.written) == ["site_a_scan_anomaly.nii.gz", "site_b_scan_anomaly.nii.gz"]
+    a = nib.load(str(tmp_path / "out" / "site_a_scan_anomaly.nii.gz")).get_fdata()
+    np.testing.assert_allclose(a, abs(40 / 255 - 0.5), atol=1e-6)
+
+
+def test_run_on_empty_folder_writes_empty_scores(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    summary = AnomalyInference(DistanceFromHalf(), tmp_path / "in", tmp_path / "out", _settings(), MapScorer()).run()
+    assert summary.written == [] and summary.failed == []
+    assert _read_csv(tmp_path / "out" / "scores.csv") == [CSV_HEADER]
+    assert not (tmp_path / "out" / "failed.csv").exists()
+
+
+def test_invalid_volume_method_fails_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="median"):
+        AnomalyInference(DistanceFromHalf(), tmp_path, tmp_path / "out", _settings(), MapScorer(), volume_method="median")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# list_input_files
+
+
+def test_list_input_files_skips_mask_folders_hidden_and_other_files(tmp_path: Path) -> None:
+    _make_inputs(tmp_path / "in")
+    nested = tmp_path / "in" / "patient_1"
+    nested.mkdir()
+    (nested / "t1.nii").write_bytes(b"")
+    (tmp_path / "in" / ".cache").mkdir()
+    (tmp_path / "in" / ".cache" / "x.png").write_bytes(b"")
+    names = [str(p.relative_to(tmp_path / "in")) for p in list_input_files(tmp_path / "in")]
+    assert names == ["brain.nii.gz", "corrupt.nii.gz", "patient_1/t1.nii", "photo.png", "series.nii.gz"]
+
+
+def test_list_input_files_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        list_input_files(tmp_path / "missing")
+    assert str(info.value).startswith(str(tmp_path / "missing"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# predict_volume
+
+PREDICT_CASES = [
+    # slices along the first axis
+    0,
+    # slices along the second axis
+    1,
+    # axial slices
+    2,
+]
+PREDICT_IDS = ["axis0", "axis1", "axis2"]
+
+
+@pytest.mark.parametrize("axis", PREDICT_CASES, ids=PREDICT_IDS)
+def test_predict_volume_maps_and_slice_scores(axis: int) -> None:
+    rng = np.random.default_rng(axis)
+    image = rng.random(VOLUME_SHAPE).astype(np.float32)
+    foreground = np.zeros(VOLUME_SHAPE, bool)
+    foreground[2:10, 1:8, 1:5] = True
+    loaded = LoadedImage(ImageRecord(Path("v.nii.gz")), image, foreground, None, True, axis)
+    maps, scores = predict_volume(DistanceFromHalf().eval(), loaded, MapScorer("max"), "cpu", sw_batch_size=3)
+    assert maps.shape == VOLUME_SHAPE
+    assert scores.shape == (VOLUME_SHAPE[axis],)
+    expected = np.abs(image - 0.5) * foreground
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    others = tuple(a for a in range(3) if a != axis)
+    assert not foreground.any(axis=others).all()  # some slices have no foreground
+    # maps are zero outside the foreground, so slices without foreground score 0 and the others their foreground max
+    np.testing.assert_allclose(scores, expected.max(axis=others), atol=1e-6)

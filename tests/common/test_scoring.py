@@ -1,0 +1,218 @@
+"""Tests for common.scoring: image scores on hand-made maps, smoothing, volume scores and calibration."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.scoring import Calibration, MapScorer, calibrate_thresholds, volume_score
+
+# one 2x3 map: [[1, 2, 3], [4, 5, 6]], foreground [[1, 1, 0], [0, 1, 0]] (pixels 1, 2 and 5 inside)
+MAP = torch.tensor([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]])
+FOREGROUND = torch.tensor([[[[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]]]])
+
+SCORE_CASES = [
+    # max over all pixels
+    ("max", 0.01, False, 6.0),
+    # max inside the foreground
+    ("max", 0.01, True, 5.0),
+    # mean over all pixels: 21 / 6
+    ("mean", 0.01, False, 3.5),
+    # mean inside the foreground: (1 + 2 + 5) / 3
+    ("mean", 0.01, True, 8.0 / 3.0),
+    # top-k, k = ceil(0.5 * 6) = 3: (6 + 5 + 4) / 3
+    ("topk_mean", 0.5, False, 5.0),
+    # top-k inside the foreground, k = ceil(0.5 * 3) = 2: (5 + 2) / 2
+    ("topk_mean", 0.5, True, 3.5),
+    # a tiny fraction still averages one pixel: the max
+    ("topk_mean", 0.01, True, 5.0),
+    # fraction 1 equals the mean
+    ("topk_mean", 1.0, True, 8.0 / 3.0),
+]
+SCORE_IDS = [
+    "max-all",
+    "max-fg",
+    "mean-all",
+    "mean-fg",
+    "topk-half-all",
+    "topk-half-fg",
+    "topk-tiny-fg",
+    "topk-one-fg",
+]
+
+
+@pytest.mark.parametrize(("method", "fraction", "use_fg", "expected"), SCORE_CASES, ids=SCORE_IDS)
+def test_image_scores_by_hand(method: str, fraction: float, use_fg: bool, expected: float) -> None:
+    scorer = MapScorer(method, topk_fraction=fraction)
+    scores = scorer.image_scores(MAP, FOREGROUND if use_fg else None)
+    assert scores.shape == (1,)
+    assert scores.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("method", ["max", "mean", "topk_mean"], ids=["max", "mean", "topk"])
+def test_empty_foreground_falls_back_to_all_pixels(method: str) -> None:
+    maps = torch.cat([MAP, MAP + 10.0])
+    foreground = torch.cat([torch.zeros_like(FOREGROUND), FOREGROUND])
+    scorer = MapScorer(method, topk_fraction=0.5)
+    scores = scorer.image_scores(maps, foreground)
+    all_pixels = scorer.image_scores(MAP).item()
+    assert scores[0].item() == pytest.approx(all_pixels)
+    assert scores[1].item() == pytest.approx(scorer.image_scores(MAP, FOREGROUND).item() + 10.0)
+    assert torch.isfinite(scores).all()
+
+
+def test_maps_are_zero_outside_foreground() -> None:
+    maps = MapScorer().maps(MAP, FOREGROUND)
+    assert maps.shape == MAP.shape and maps.dtype == torch.float32
+    torch.testing.assert_close(maps, torch.tensor([[[[1.0, 2.0, 0.0], [0.0, 5.0, 0.0]]]]))
+    torch.testing.assert_close(MapScorer().maps(MAP), MAP)
+
+
+def test_smoothing_changes_maps_keeps_shape_and_batch_items_apart() -> None:
+    maps = torch.zeros(2, 1, 15, 17)
+    maps[0, 0, 7, 8] = 1.0
+    smoothed = MapScorer(smoothing_sigma=1.5).maps(maps)
+    assert smoothed.shape == maps.shape
+    assert smoothed[0, 0, 7, 8] < 1.0
+    assert smoothed[0, 0, 7, 9] > 0.0 and smoothed[0, 0, 8, 8] > 0.0
+    # the peak stays where it was and the mass is (nearly) kept far from the border
+    assert int(smoothed[0, 0].argmax()) == 7 * 17 + 8
+    assert smoothed[0].sum().item() == pytest.approx(1.0, abs=1e-3)
+    # smoothing is per map: nothing leaks into the second item of the batch
+    assert smoothed[1].abs().max() == 0.0
+
+
+def test_smoothing_then_foreground() -> None:
+    maps = torch.zeros(1, 1, 9, 9)
+    maps[0, 0, 4, 4] = 1.0
+    foreground = torch.zeros(1, 1, 9, 9)
+    foreground[..., 2:7, 2:7] = 1.0
+    smoothed = MapScorer(smoothing_sigma=1.0).maps(maps, foreground)
+    assert (smoothed[foreground == 0] == 0).all()
+    assert (smoothed[foreground > 0] > 0).all()
+
+
+BAD_ARG_CASES = [
+    # unknown method
+    ({"method": "median"}, "method"),
+    # zero fraction
+    ({"topk_fraction": 0.0}, "topk_fraction"),
+    # fraction above one
+    ({"topk_fraction": 1.5}, "topk_fraction"),
+    # negative smoothing
+    ({"smoothing_sigma": -1.0}, "smoothing_sigma"),
+]
+BAD_ARG_IDS = ["method", "topk-0", "topk-1.5", "sigma-negative"]
+
+
+@pytest.mark.parametrize(("kwargs", "name"), BAD_ARG_CASES, ids=BAD_ARG_IDS)
+def test_map_scorer_invalid_arguments(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        MapScorer(**kwargs)
+
+
+def test_map_scorer_as_dict_round_trip() -> None:
+    scorer = MapScorer("topk_mean", topk_fraction=0.03, smoothing_sigma=4.0)
+    assert MapScorer(**scorer.as_dict()).as_dict() == scorer.as_dict()
+
+
+VOLUME_CASES = [
+    # max over slices
+    ([0.1, 0.7, 0.3], "max", 0.7),
+    # mean over slices
+    ([0.1, 0.7, 0.4], "mean", 0.4),
+    # numpy input
+    (np.array([2.0, -1.0]), "max", 2.0),
+]
+VOLUME_IDS = ["max", "mean", "numpy"]
+
+
+@pytest.mark.parametrize(("scores", "method", "expected"), VOLUME_CASES, ids=VOLUME_IDS)
+def test_volume_score(scores, method: str, expected: float) -> None:
+    assert volume_score(scores, method) == pytest.approx(expected)
+
+
+def test_volume_score_empty_and_invalid() -> None:
+    assert math.isnan(volume_score([], "max"))
+    with pytest.raises(ValueError, match="median"):
+        volume_score([1.0], "median")
+
+
+CALIBRATE_CASES = [
+    # defaults
+    (0.999, 0.05),
+    # lower pixel quantile, 10% false positives
+    (0.9, 0.1),
+]
+CALIBRATE_IDS = ["defaults", "q0.9-fpr0.1"]
+
+
+@pytest.mark.parametrize(("quantile", "fpr"), CALIBRATE_CASES, ids=CALIBRATE_IDS)
+def test_calibrate_thresholds_equals_numpy_quantiles(quantile: float, fpr: float) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.random((10, 8, 8))
+    images = rng.normal(size=37)
+    pixel_threshold, image_threshold = calibrate_thresholds(pixels, images, quantile, fpr)
+    assert pixel_threshold == pytest.approx(float(np.quantile(pixels.ravel(), quantile)))
+    assert image_threshold == pytest.approx(float(np.quantile(images, 1.0 - fpr)))
+    # the image threshold gives the target false-positive rate on the normal images, up to one image
+    assert abs(np.mean(images > image_threshold) - fpr) <= 1.0 / images.size
+
+
+BAD_CALIBRATE_CASES = [
+    # quantile 0
+    ({"pixel_quantile": 0.0}, "pixel_quantile"),
+    # quantile 1
+    ({"pixel_quantile": 1.0}, "pixel_quantile"),
+    # fpr 0
+    ({"image_fpr": 0.0}, "image_fpr"),
+    # fpr above 1
+    ({"image_fpr": 1.2}, "image_fpr"),
+    # no normal pixels
+    ({"normal_pixel_scores": np.array([])}, "calibration needs normal images"),
+    # no normal images
+    ({"normal_image_scores": []}, "calibration needs normal images"),
+]
+BAD_CALIBRATE_IDS = ["quantile-0", "quantile-1", "fpr-0", "fpr-1.2", "no-pixels", "no-images"]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), BAD_CALIBRATE_CASES, ids=BAD_CALIBRATE_IDS)
+def test_calibrate_thresholds_validation(kwargs: dict, expected: str) -> None:
+    arguments = {"normal_pixel_scores": np.ones(4), "normal_image_scores": np.ones(2)} | kwargs
+    with pytest.raises(ValueError, match=expected):
+        calibrate_thresholds(**arguments)
+
+
+def test_calibration_is_uncalibrated_until_set() -> None:
+    calibration = Calibration()
+    assert not calibration.calibrated
+    assert math.isnan(float(calibration.pixel_threshold))
+    calibration.pixel_threshold.fill_(0.5)
+    assert not calibration.calibrated  # both thresholds are needed
+    calibration.set_thresholds(0.5, 0.8, scorer={"method": "max"})
+    assert calibration.calibrated
+    assert float(calibration.image_threshold) == pytest.approx(0.8)
+
+
+def test_calibration_state_dict_round_trip(tmp_path: Path) -> None:
+    settings = {"scorer": {"method": "topk_mean", "topk_fraction": 0.03}, "preprocessing": {"slices": {"axis": 2}}}
+    parent = torch.nn.Module()
+    parent.calibration = Calibration()
+    parent.calibration.set_thresholds(0.25, 1.75, **settings)
+    path = tmp_path / "model.pt"
+    torch.save(parent.state_dict(), path)
+
+    restored = torch.nn.Module()
+    restored.calibration = Calibration()
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert restored.calibration.calibrated
+    assert float(restored.calibration.pixel_threshold) == pytest.approx(0.25)
+    assert float(restored.calibration.image_threshold) == pytest.approx(1.75)
+    assert restored.calibration.settings == settings
+    # settings are a copy: changing the restored one leaves the original intact
+    restored.calibration.settings["scorer"] = {}
+    assert parent.calibration.settings == settings

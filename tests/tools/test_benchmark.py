@@ -1,0 +1,149 @@
+"""Tests for tools/benchmark.py: the bundle benchmark (structure of the results, never speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tools.benchmark import build_components, format_table, main, parse_overrides, run_benchmark
+
+BUNDLE = "ms_nf"
+# A tiny MS-NF so the whole benchmark runs in seconds on the CPU.
+TINY = {"n_blocks": 1, "hidden_channels": 8}
+TINY_ARGS = ["--override", "n_blocks=1", "--override", "hidden_channels=8", "--image-size", "64"]
+TINY_RUN = ["--volume-shape", "40", "40", "6", "--iterations", "1", "--warmup", "1", "--batch-size", "2"]
+
+OVERRIDE_CASES = [
+    (["n_blocks=4"], {"n_blocks": 4}),  # JSON int
+    (["image_size=[128, 128]", "attention=false"], {"image_size": [128, 128], "attention": False}),  # list, bool
+    (["backbone=resnet18"], {"backbone": "resnet18"}),  # not JSON: kept as a string
+    (["network_def#clamp=1.5", "clamp=3"], {"network_def#clamp": 1.5, "clamp": 3}),  # nested id
+    (["fusion=max", "fusion=mean"], {"fusion": "mean"}),  # repeated key: the last one wins
+    (["slice_range=null"], {"slice_range": None}),  # JSON null
+]
+
+BAD_ARGS_CASES = [
+    (["no_such_bundle"], "unknown bundle"),  # lists the bundles
+    ([BUNDLE, "--override", "n_blocks"], "key=value"),  # no '='
+    ([BUNDLE, "--override", "=3"], "key=value"),  # empty key
+    ([BUNDLE, "--override", "no_such_key=3"], "no such id"),  # typo in the config id
+    ([BUNDLE, "--batch-size", "0"], "batch_size"),  # non-positive batch
+    ([BUNDLE, "--iterations", "-1"], "iterations"),  # non-positive iterations
+    ([BUNDLE, "--image-size", "0"], "image_size"),  # non-positive size
+    ([BUNDLE, "--image-size", "64", "64", "64"], "image_size"),  # three sizes
+    ([BUNDLE, "--volume-shape", "40", "0", "6"], "volume_shape"),  # non-positive volume axis
+    ([BUNDLE, "--volume-shape", "40", "40"], "volume-shape"),  # argparse: wrong count
+    ([BUNDLE, "--batch-size", "two"], "batch-size"),  # argparse: not an int
+    ([BUNDLE, "--device", "nowhere"], "--device"),  # not a device
+    ([BUNDLE, "--checkpoint", "/no/such/model.pt"], "model.pt"),  # missing checkpoint
+    ([BUNDLE, "--override", 'n_blocks="many"'], "n_blocks"),  # the network rejects the value
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench") / "sub" / "results.json"
+    assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, "--device", "cpu", "--output", str(out)]) == 0
+    return json.loads(out.read_text()), out
+
+
+@pytest.mark.parametrize(("items", "expected"), OVERRIDE_CASES, ids=[str(c[0]) for c in OVERRIDE_CASES])
+def test_parse_overrides(items: list[str], expected: dict) -> None:
+    assert parse_overrides(items) == expected
+
+
+def test_run_benchmark_tiny() -> None:
+    scripts_before = sys.modules.get("scripts")
+    res = run_benchmark(
+        BUNDLE,
+        image_size=64,
+        batch_size=2,
+        iterations=2,
+        warmup=1,
+        volume_shape=(40, 40, 6),
+        device="cpu",
+        overrides=TINY,
+    )
+    json.dumps(res, allow_nan=False)  # JSON-serialisable, no NaN
+    assert sys.modules.get("scripts") is scripts_before  # the bundle's `scripts` package does not leak
+    thr, e2e, model = res["throughput"], res["end_to_end"], res["model"]
+    assert thr["slices_per_s"] > 0 and math.isfinite(thr["slices_per_s"])
+    assert len(thr["batch_seconds"]) == 2 and all(math.isfinite(t) and t > 0 for t in thr["batch_seconds"])
+    assert not thr["bf16_autocast"] and not thr["channels_last"]  # CUDA only
+    for key in ("read_normalise_s", "maps_s", "write_s", "total_s", "slices_per_s"):
+        assert math.isfinite(e2e[key]) and e2e[key] >= 0, key
+    assert e2e["total_s"] == pytest.approx(e2e["read_normalise_s"] + e2e["maps_s"] + e2e["write_s"])
+    assert e2e["n_slices"] == 6 and e2e["volume_shape"] == [40, 40, 6]
+    assert model["flops_per_slice"] > 0 and sum(model["flops_by_operator"].values()) == model["flops_per_slice"]
+    for section in ("model", "end_to_end"):
+        assert res["memory"][section]["peak_mib"] > 0
+    assert res["settings"]["image_size"] == [64, 64] and res["settings"]["overrides"] == TINY
+    assert "random" in res["settings"]["weights"]
+    assert res["environment"]["device"] == "cpu" and res["environment"]["torch"]
+
+    # Parameter counts are those of the network the bundle config builds.
+    _, network, _, _ = build_components(BUNDLE, {**TINY, "image_size": [64, 64]})
+    assert isinstance(network, nn.Module)
+    assert model["parameters_total"] == sum(p.numel() for p in network.parameters())
+    assert model["parameters_trainable"] == sum(p.numel() for p in network.parameters() if p.requires_grad)
+    assert 0 < model["parameters_trainable"] < model["parameters_total"]  # the backbone is frozen
+
+
+def test_main_writes_json_and_table(results: tuple[dict, Path]) -> None:
+    res, out = results
+    assert out.is_file() and not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert res["bundle"] == BUNDLE and res["settings"]["volume_shape"] == [40, 40, 6]
+    assert res["throughput"]["slices_per_s"] > 0 and res["model"]["flops_per_slice"] > 0
+    table = format_table(res)
+    for label in ("throughput", "FLOPs / slice", "parameters", "end to end", "memory (model)", "versions"):
+        assert label in table
+
+
+def test_main_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, "--device", "cpu", "--image-size", "48", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "slices/s" in printed and "48x64" in printed
+
+
+@pytest.mark.parametrize(("argv", "fragment"), BAD_ARGS_CASES, ids=[" ".join(c[0]) for c in BAD_ARGS_CASES])
+def test_bad_arguments_exit_2(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("python -m tools.benchmark: error:") and fragment in err
+
+
+def test_run_benchmark_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown bundle 'nope'; available: .*ms_nf"):
+        run_benchmark("nope")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["n_blocks"])
+    with pytest.raises(ValueError, match="batch_size"):
+        run_benchmark(BUNDLE, batch_size=0)
+
+
+def test_run_benchmark_with_checkpoint(tmp_path: Path) -> None:
+    _, network, _, _ = build_components(BUNDLE, {**TINY, "image_size": [64, 64]})
+    network.calibration.set_thresholds(pixel_threshold=1.0, image_threshold=2.0)
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": network.state_dict()}, checkpoint)
+    res = run_benchmark(
+        BUNDLE,
+        image_size=64,
+        batch_size=3,
+        iterations=1,
+        warmup=0,
+        volume_shape=(40, 40, 8),
+        device="cpu",
+        overrides=TINY,
+        checkpoint=checkpoint,
+    )
+    assert res["settings"]["weights"] == f"checkpoint {checkpoint}"
+    assert res["end_to_end"]["masks_written"]  # calibrated thresholds: the mask is written as in the bundle
+    assert res["end_to_end"]["volume_source"] == "tools.phantoms.make_volume"

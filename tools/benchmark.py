@@ -1,0 +1,750 @@
+"""Benchmark one bundle on the current device: model throughput, peak memory, one volume end to end, FLOPs.
+
+The network, the scorer and the slice settings are built from the bundle's own ``configs/inference.json`` (with
+``--override key=value`` applied), so the numbers always describe the configuration the bundle ships. The report has
+five parts:
+
+1. model-alone inference throughput (slices/s) at the network input size: inputs already on the device,
+   ``torch.inference_mode()``, and on CUDA bf16 autocast (when the config's ``amp`` is on) and ``channels_last``;
+   warm-up iterations first, then timed iterations;
+2. peak memory of the timed sections: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the peak resident set
+   size (``ru_maxrss``, whose high-water mark is reset before each section where Linux allows it) and its increase
+   over the resident size at the start of the section;
+3. end-to-end time for one synthetic float32 NIfTI volume (default 240 x 240 x 155, the BraTS grid): read and
+   normalise (:func:`common.volumes.load_record`), maps and scores (:func:`common.inference.predict_volume`), write
+   (:func:`common.volumes.write_map`), the same calls the bundle's batch inference makes;
+4. trainable and total parameter counts and the FLOPs of one slice at the network input size, counted by
+   :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; one multiply-add = 2 FLOPs);
+5. the device and the software versions.
+
+Without ``--checkpoint`` the weights are random: the timings do not depend on them. Speed is measured here, never
+asserted in tests.
+
+Example:
+    The paper configuration of MS-NF on the default device, with a JSON copy of the results::
+
+        python -m tools.benchmark ms_nf --output bench_ms_nf.json
+        python -m tools.benchmark ms_nf --batch-size 32 --override n_blocks=8 --override hidden_channels=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from scipy import ndimage
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.data import ImageRecord
+from common.inference import predict_volume
+from common.io import atomic_output
+from common.scoring import volume_score
+from common.training import load_checkpoint
+from common.volumes import load_record, select_slices, write_map
+from tools.bundles import bundle_dir
+from tools.phantoms import make_volume, volume_affine
+
+__all__ = [
+    "DEFAULT_VOLUME_SHAPE",
+    "build_components",
+    "count_parameters",
+    "format_table",
+    "main",
+    "parse_overrides",
+    "run_benchmark",
+]
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m tools.benchmark"
+DEFAULT_VOLUME_SHAPE: tuple[int, int, int] = (240, 240, 155)
+"""The BraTS grid: 240 x 240 in-plane, 155 axial slices, 1 mm isotropic."""
+
+_MIB = 1024.0 * 1024.0
+_PHANTOM_MIN_SHAPE = (32, 32, 8)  # smallest volume tools.phantoms.make_volume renders
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` config overrides; values are JSON (``8``, ``[128, 128]``, ``true``) or else plain strings.
+
+    Keys use MONAI's ``#`` separator for nested ids (``network_def#clamp=1.5``).
+
+    Args:
+        items: the ``--override`` arguments.
+
+    Returns:
+        ``{key: value}`` in the order given (a repeated key keeps its last value).
+
+    Raises:
+        ValueError: for an item without ``=`` or with an empty key.
+
+    Example:
+        >>> parse_overrides(["n_blocks=4", "image_size=[128, 128]", "backbone=resnet18"])
+        {'n_blocks': 4, 'image_size': [128, 128], 'backbone': 'resnet18'}
+    """
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            msg = f"--override: expected key=value with a JSON value (e.g. n_blocks=4), got {item!r}"
+            raise ValueError(msg)
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides
+
+
+def _positive_ints(name: str, values: int | Sequence[int], length: int) -> tuple[int, ...]:
+    """Validate ``values`` as ``length`` positive ints (a single int is repeated); ``name`` is used in errors."""
+    seq = [values] * length if isinstance(values, int | np.integer) else list(values)
+    if len(seq) != length or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in seq):
+        msg = f"{name}: expected {length} positive integers, got {values!r}"
+        raise ValueError(msg)
+    if min(seq) < 1:
+        msg = f"{name}: sizes must be positive, got {tuple(int(v) for v in seq)}"
+        raise ValueError(msg)
+    return tuple(int(v) for v in seq)
+
+
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        msg = f"{name}: expected a positive integer, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        msg = f"--device: not a torch device: {device!r}; use cpu, cuda or cuda:N"
+        raise ValueError(msg) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        msg = f"--device: {device!r} requested but CUDA is not available; use --device cpu"
+        raise ValueError(msg)
+    if resolved.type not in ("cpu", "cuda"):
+        msg = f"--device: only cpu and cuda are supported, got {device!r}"
+        raise ValueError(msg)
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The bundle's configuration
+
+
+@contextmanager
+def _bundle_on_path(path: Path) -> Iterator[None]:
+    """Import the bundle's ``scripts`` package from ``path``; restore ``sys.path`` and ``sys.modules`` afterwards.
+
+    Each bundle has its own top-level ``scripts`` package, so another bundle's one already imported is set aside for
+    the duration and put back at the end.
+    """
+
+    def is_scripts(name: str) -> bool:
+        return name == "scripts" or name.startswith("scripts.")
+
+    saved: dict[str, ModuleType] = {k: m for k, m in sys.modules.items() if is_scripts(k)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(path))
+        for name in [k for k in sys.modules if is_scripts(k)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def build_components(
+    bundle: str, overrides: Mapping[str, Any] | None = None
+) -> tuple[ConfigParser, nn.Module, Any, Any]:
+    """Build ``network_def``, ``scorer`` and ``slice_settings`` from the bundle's ``configs/inference.json``.
+
+    Args:
+        bundle: bundle folder name under ``bundles/``.
+        overrides: config ids (``#`` for nesting) and their values; every id must exist in the config.
+
+    Returns:
+        ``(parser, network, scorer, slice_settings)``; the network is on the CPU, in eval mode.
+
+    Raises:
+        ValueError: for an unknown bundle (listing the available ones), an override id the config does not have, or
+            a configuration that fails to build (the message gives the config id and the cause).
+    """
+    root = bundle_dir(bundle).resolve()
+    config_file = root / "configs" / "inference.json"
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser["bundle_root"] = str(root)
+    for key, value in (overrides or {}).items():
+        if key not in parser:
+            top = sorted(k for k in parser.get() if not k.startswith("_") and k != "imports")
+            msg = f"--override {key}: no such id in {config_file}; top-level ids: {top}"
+            raise ValueError(msg)
+        parser[key] = value
+    built = {}
+    with _bundle_on_path(root):
+        for key in ("network_def", "scorer", "slice_settings"):
+            try:
+                built[key] = parser.get_parsed_content(key, instantiate=True)
+            except Exception as error:  # config errors arrive wrapped in MONAI's RuntimeError
+                cause = error
+                while cause.__cause__ is not None:
+                    cause = cause.__cause__
+                lines = [line for line in str(cause).strip().splitlines() if line.strip()] or [type(cause).__name__]
+                msg = f"{config_file}: cannot build {key!r} with overrides {dict(overrides or {})}: {lines[-1]}"
+                raise ValueError(msg) from error
+    network = built["network_def"]
+    if not isinstance(network, nn.Module):
+        msg = f"{config_file}: network_def must build a torch.nn.Module, got {type(network).__name__}"
+        raise ValueError(msg)
+    return parser, network.eval(), built["scorer"], built["slice_settings"]
+
+
+def _config_value(parser: ConfigParser, key: str, default: Any) -> Any:
+    return parser.get_parsed_content(key) if key in parser else default
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _current_rss() -> int | None:
+    """Resident set size of this process in bytes (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss() -> int:
+    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(value) if sys.platform == "darwin" else int(value) * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's resident-set high-water mark (Linux >= 4.0); ``False`` where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class _PeakMemory:
+    """Peak memory of a code section: CUDA allocator peak, or peak resident set size on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = _current_rss()
+            self._reset = _reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            _sync(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.result = {
+                "measure": "torch.cuda.max_memory_allocated",
+                "peak_mib": peak / _MIB,
+                "start_mib": self._start / _MIB,
+                "increase_mib": (peak - self._start) / _MIB,
+            }
+            return
+        peak = _maxrss()
+        self.result = {
+            "measure": "peak RSS (ru_maxrss) of this section" if self._reset else "peak RSS (ru_maxrss) of the process",
+            "peak_mib": peak / _MIB,
+            "start_mib": None if self._start is None else self._start / _MIB,
+            "increase_mib": None if self._start is None else max(peak - self._start, 0) / _MIB,
+        }
+
+
+def count_parameters(network: nn.Module) -> dict[str, int]:
+    """Total and trainable (``requires_grad``) parameter counts."""
+    params = list(network.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def _count_flops(network: nn.Module, sample: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """FLOPs of one forward pass of ``sample`` (float32, no autocast) and their split by operator."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        network(sample)
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
+
+
+def _time_model(
+    network: nn.Module,
+    inputs: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    iterations: int,
+    amp: bool,
+) -> tuple[list[float], dict[str, Any]]:
+    """Seconds per forward pass of ``inputs`` for each timed iteration, and the peak memory of the timed part."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    times: list[float] = []
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            network(inputs)
+        _sync(device)
+        with _PeakMemory(device) as memory:
+            for _ in range(iterations):
+                start = time.perf_counter()
+                network(inputs)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+    return times, memory.result
+
+
+def _synthetic_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A float32 test volume of ``shape``.
+
+    A brain phantom (:func:`tools.phantoms.make_volume`) where the shape allows one, else a smoothed-noise ellipsoid
+    on a dark background.
+    """
+    rng = np.random.default_rng(seed)
+    if all(s >= m for s, m in zip(shape, _PHANTOM_MIN_SHAPE, strict=True)):
+        return make_volume(rng, shape)[0].astype(np.float32)
+    grids = np.meshgrid(*(np.linspace(-1.0, 1.0, s) for s in shape), indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.8
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+    return (inside * (0.6 + 0.1 * texture) + 0.02 * rng.random(shape)).astype(np.float32)
+
+
+def _time_volume(
+    network: nn.Module,
+    parser: ConfigParser,
+    scorer: Any,
+    slice_settings: Any,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+    volume_shape: tuple[int, int, int],
+    seed: int,
+) -> dict[str, Any]:
+    """Read → normalise → maps → write for one synthetic volume, with the calls of the bundle's batch inference."""
+    volume_method = _config_value(parser, "evaluator#volume_method", "max")
+    write_masks = bool(_config_value(parser, "evaluator#write_masks", False))
+    calibration = getattr(network, "calibration", None)
+    calibrated = calibration is not None and bool(calibration.calibrated)
+    with tempfile.TemporaryDirectory(prefix="uad-benchmark-") as tmp:
+        source = Path(tmp) / "volume.nii.gz"
+        nib.save(nib.Nifti1Image(_synthetic_volume(volume_shape, seed), volume_affine(volume_shape)), str(source))
+        out_dir = Path(tmp) / "out"
+        with _PeakMemory(device) as memory:
+            start = time.perf_counter()
+            loaded = load_record(ImageRecord(source), slice_settings)
+            read = time.perf_counter()
+            maps, scores = predict_volume(network, loaded, scorer, device, batch_size, amp)
+            selected = select_slices(loaded, slice_settings) or list(range(loaded.n_slices))
+            volume_score(scores[selected], volume_method)
+            mapped = time.perf_counter()
+            write_map(maps, source, out_dir / "volume_anomaly.nii.gz")
+            if write_masks and calibrated:
+                mask = (maps > float(calibration.pixel_threshold)).astype(np.float32)
+                write_map(mask, source, out_dir / "volume_mask.nii.gz")
+            end = time.perf_counter()
+    total = end - start
+    return {
+        "volume_shape": list(volume_shape),
+        "volume_source": "tools.phantoms.make_volume"
+        if all(s >= m for s, m in zip(volume_shape, _PHANTOM_MIN_SHAPE, strict=True))
+        else "smoothed-noise ellipsoid",
+        "n_slices": int(loaded.n_slices),
+        "n_scored_slices": len(selected),
+        "read_normalise_s": read - start,
+        "maps_s": mapped - read,
+        "write_s": end - mapped,
+        "total_s": total,
+        "slices_per_s": loaded.n_slices / total if total > 0 else float("inf"),
+        "masks_written": write_masks and calibrated,
+        "memory": memory.result,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "monai": _version("monai"),
+        "numpy": np.__version__,
+        "FrEIA": _version("FrEIA"),
+        "timm": _version("timm"),
+        "nibabel": nib.__version__,
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["gpu_memory_mib"] = torch.cuda.get_device_properties(device).total_memory / _MIB
+    return env
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def run_benchmark(
+    bundle: str,
+    image_size: int | Sequence[int] | None = None,
+    batch_size: int = 16,
+    iterations: int = 10,
+    volume_shape: Sequence[int] = DEFAULT_VOLUME_SHAPE,
+    device: str | torch.device | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Benchmark a bundle's network on one device; see the module docstring for what is measured.
+
+    Args:
+        bundle: bundle folder name under ``bundles/`` (e.g. ``"ms_nf"``).
+        image_size: network input size, one int (square) or ``(H, W)``; ``None`` keeps the config's ``image_size``.
+        batch_size: slices per forward pass, for the throughput and for the volume.
+        iterations: timed forward passes.
+        volume_shape: ``(X, Y, Z)`` of the synthetic NIfTI volume (sliced along the config's slice axis).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None``: CUDA if available, else the CPU.
+        overrides: ``inference.json`` ids and values (``{"n_blocks": 8}``), applied before ``image_size``.
+        checkpoint: ``model.pt`` to load (:func:`common.training.load_checkpoint`); ``None``: random weights.
+        warmup: untimed forward passes before the timed ones.
+        seed: seed of the random inputs and of the synthetic volume.
+
+    Returns:
+        A JSON-serialisable dict with ``bundle``, ``settings``, ``environment``, ``model`` (parameters, FLOPs),
+        ``throughput``, ``memory`` and ``end_to_end``.
+
+    Raises:
+        ValueError: for an unknown bundle, a bad override, non-positive sizes or counts, or an unusable device.
+        FileNotFoundError: when ``checkpoint`` does not exist.
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    iterations = _positive_int("iterations", iterations)
+    if isinstance(warmup, bool) or not isinstance(warmup, int | np.integer) or warmup < 0:
+        msg = f"warmup: expected a non-negative integer, got {warmup!r}"
+        raise ValueError(msg)
+    volume_shape = _positive_ints("volume_shape", volume_shape, 3)
+    user_overrides = dict(overrides or {})
+    overrides = dict(user_overrides)
+    if image_size is not None:
+        overrides["image_size"] = list(_positive_ints("image_size", image_size, 2))
+    torch_device = _resolve_device(device)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        msg = f"{checkpoint}: checkpoint not found"
+        raise FileNotFoundError(msg)
+
+    logger.info("building %s from configs/inference.json (overrides %s)", bundle, overrides or "none")
+    parser, network, scorer, slice_settings = build_components(bundle, overrides)
+    if checkpoint is not None:
+        load_checkpoint(network, checkpoint)
+        weights = f"checkpoint {checkpoint}"
+    else:
+        weights = "random initialisation (no --checkpoint; timings do not depend on the weights)"
+    size = tuple(int(s) for s in _config_value(parser, "image_size", (256, 256)))
+    if image_size is None:
+        size = _positive_ints("image_size", size, 2)
+    in_channels = int(_config_value(parser, "network_def#in_channels", 1))
+    amp = bool(_config_value(parser, "evaluator#amp", _config_value(parser, "amp", True)))
+    cuda = torch_device.type == "cuda"
+    network.to(torch_device).eval()
+
+    generator = torch.Generator().manual_seed(seed)
+    logger.info("counting parameters and FLOPs at %dx%d", *size)
+    parameters = count_parameters(network)
+    flops, flops_by_op = _count_flops(network, torch.rand(1, in_channels, *size, generator=generator).to(torch_device))
+
+    logger.info(
+        "timing the model on %s: batch %d, %d warm-up + %d timed iterations",
+        torch_device,
+        batch_size,
+        warmup,
+        iterations,
+    )
+    inputs = torch.rand(batch_size, in_channels, *size, generator=generator).to(torch_device)
+    if cuda:
+        network.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    times, model_memory = _time_model(network, inputs, torch_device, warmup, iterations, amp)
+    del inputs
+    if cuda:  # the bundle's inference runs the network in the default memory format
+        network.to(memory_format=torch.contiguous_format)
+    total = sum(times)
+
+    logger.info("timing one %s volume end to end", "x".join(map(str, volume_shape)))
+    end_to_end = _time_volume(
+        network, parser, scorer, slice_settings, torch_device, batch_size, amp, volume_shape, seed
+    )
+
+    return {
+        "bundle": bundle,
+        "settings": {
+            "config": f"bundles/{bundle}/configs/inference.json",
+            "overrides": user_overrides,
+            "image_size": list(size),
+            "in_channels": in_channels,
+            "batch_size": batch_size,
+            "warmup": warmup,
+            "iterations": iterations,
+            "volume_shape": list(volume_shape),
+            "slice_axis": int(getattr(slice_settings, "axis", 2)),
+            "weights": weights,
+            "seed": seed,
+        },
+        "environment": _environment(torch_device),
+        "model": {
+            "class": f"{type(network).__module__}.{type(network).__qualname__}",
+            "parameters_total": parameters["total"],
+            "parameters_trainable": parameters["trainable"],
+            "flops_per_slice": flops,
+            "flops_by_operator": flops_by_op,
+            "flops_note": "torch.utils.flop_counter.FlopCounterMode, fp32, one slice; one multiply-add = 2 FLOPs; "
+            "element-wise operations are not counted",
+        },
+        "throughput": {
+            "slices_per_s": batch_size * iterations / total if total > 0 else float("inf"),
+            "batch_seconds": times,
+            "batch_seconds_median": statistics.median(times),
+            "batch_seconds_min": min(times),
+            "bf16_autocast": amp and cuda,
+            "channels_last": cuda,
+            "inference_mode": True,
+        },
+        "memory": {"model": model_memory, "end_to_end": end_to_end.pop("memory")},
+        "end_to_end": end_to_end,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} MiB"
+
+
+def _flops(value: float) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} FLOP"
+
+
+def _memory_line(memory: Mapping[str, Any]) -> str:
+    return f"peak {_mib(memory['peak_mib'])}, +{_mib(memory['increase_mib'])} over the start ({memory['measure']})"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The human-readable report of :func:`run_benchmark`'s results, one measurement per row."""
+    s, env, model = results["settings"], results["environment"], results["model"]
+    thr, e2e = results["throughput"], results["end_to_end"]
+    size = "x".join(map(str, s["image_size"]))
+    precision = ("bf16 autocast" if thr["bf16_autocast"] else "fp32") + (
+        ", channels_last" if thr["channels_last"] else ""
+    )
+    versions = f"python {env['python']}, torch {env['torch']}, monai {env['monai']}, numpy {env['numpy']}"
+    if env.get("cuda"):
+        versions += f", CUDA {env['cuda']}"
+    rows = [
+        ("bundle", f"{results['bundle']} ({s['config']})"),
+        ("overrides", json.dumps(s["overrides"]) if s["overrides"] else "none"),
+        ("device", f"{env['device']}: {env['device_name']} ({env['cpu_count']} CPUs, {env['torch_threads']} threads)"),
+        ("versions", versions),
+        ("network", f"{model['class']}, {s['in_channels']} x {size} input"),
+        ("weights", s["weights"]),
+        ("parameters", f"{model['parameters_total']:,} total, {model['parameters_trainable']:,} trainable"),
+        ("FLOPs / slice", f"{_flops(model['flops_per_slice'])} at {size} (FlopCounterMode, multiply-add = 2)"),
+        (
+            "throughput",
+            f"{thr['slices_per_s']:.2f} slices/s (batch {s['batch_size']}, {s['warmup']} warm-up + "
+            f"{s['iterations']} timed iterations, {precision})",
+        ),
+        (
+            "batch latency",
+            f"median {thr['batch_seconds_median']:.3f} s, min {thr['batch_seconds_min']:.3f} s",
+        ),
+        ("memory (model)", _memory_line(results["memory"]["model"])),
+        (
+            "volume",
+            f"{'x'.join(map(str, e2e['volume_shape']))} float32 NIfTI ({e2e['volume_source']}), "
+            f"{e2e['n_slices']} slices along axis {s['slice_axis']}",
+        ),
+        ("read + normalise", f"{e2e['read_normalise_s']:.2f} s"),
+        ("maps + scores", f"{e2e['maps_s']:.2f} s"),
+        ("write", f"{e2e['write_s']:.2f} s"),
+        ("end to end", f"{e2e['total_s']:.2f} s ({e2e['slices_per_s']:.2f} slices/s)"),
+        ("memory (volume)", _memory_line(results["memory"]["end_to_end"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    title = f"Benchmark: {results['bundle']} on {env['device']}"
+    rule = "-" * max(len(title), max(width + 2 + len(value) for _, value in rows))
+    return "\n".join([title, rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise instead of printing the usage, so every bad argument gives one line and exit status 2."""
+        raise _UsageError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog=PROG,
+        description="Benchmark a bundle's network on this device: throughput, peak memory, one NIfTI volume end to "
+        "end, parameters and FLOPs.",
+    )
+    parser.add_argument("bundle", help="bundle name under bundles/ (e.g. ms_nf)")
+    parser.add_argument(
+        "--image-size", type=int, nargs="+", metavar="N", help="network input size: N (square) or H W (default: config)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--iterations", type=int, default=10, help="timed forward passes (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first (default 2)")
+    parser.add_argument(
+        "--volume-shape",
+        type=int,
+        nargs=3,
+        default=list(DEFAULT_VOLUME_SHAPE),
+        metavar=("X", "Y", "Z"),
+        help="synthetic NIfTI volume shape (default 240 240 155)",
+    )
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="inference.json override with a JSON value, repeatable (e.g. --override n_blocks=8)",
+    )
+    parser.add_argument("--checkpoint", type=Path, help="model.pt to load (default: random weights)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and volume (default 0)")
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: ``python -m tools.benchmark BUNDLE [options]`` (console script ``uad-benchmark``).
+
+    Args:
+        argv: arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        0 on success, 2 for bad arguments (one ``error:`` line on stderr).
+    """
+    try:
+        args = _build_parser().parse_args(None if argv is None else list(argv))
+        image_size = (
+            None if args.image_size is None else (args.image_size * 2 if len(args.image_size) == 1 else args.image_size)
+        )
+        overrides = parse_overrides(args.override)
+    except (_UsageError, ValueError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        results = run_benchmark(
+            args.bundle,
+            image_size=image_size,
+            batch_size=args.batch_size,
+            iterations=args.iterations,
+            volume_shape=args.volume_shape,
+            device=args.device,
+            overrides=overrides,
+            checkpoint=args.checkpoint,
+            warmup=args.warmup,
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    if args.output is not None:
+        with atomic_output(args.output) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    if args.output is not None:
+        print(f"results written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
