@@ -62,7 +62,7 @@ def load_local_weights(model: nn.Module, weights: str | Path) -> None:
                 state[name] = value.sum(dim=1, keepdim=True)
                 logger.info("%s: summed the %d input channels of %s for a 1-channel input", path, value.shape[1], name)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    loaded = len(own) - len(missing)
+    loaded = len(set(state) & set(own))  # load_state_dict never reports BatchNorm's num_batches_tracked as missing
     if loaded == 0:
         msg = f"{path}: no parameter names match the backbone (unexpected keys such as {unexpected[:3]})"
         raise ValueError(msg)

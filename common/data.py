@@ -305,7 +305,8 @@ def normalize_intensity(image: torch.Tensor, settings: IntensitySettings, is_vol
     Args:
         image: the image or volume, any shape.
         settings: the intensity settings.
-        is_volume: the array is a 3D volume (``"auto"`` uses percentiles for volumes).
+        is_volume: the array comes from a volume file (NIfTI, 2D or 3D); ``"auto"`` uses percentiles for it and a
+            fixed 0..255 range only for 8-bit pictures (png, jpg, ...).
 
     Returns:
         A float tensor of the same shape in [0, 1].

@@ -156,12 +156,23 @@ class AnomalyInference:
         volume_score([0.0], volume_method)  # validates the method name now, not after the first volume
 
     def _output_stems(self, files: Sequence[Path]) -> list[str]:
+        """Output stems: the file stem; clashing stems get their folder path, then their suffix, then a counter."""
         stems = [file_stem(f) for f in files]
-        duplicated = {s for s in stems if stems.count(s) > 1}
-        return [
-            "_".join(f.relative_to(self.dataset_dir).with_name(s).parts) if s in duplicated else s
+        names = [
+            "_".join([*f.relative_to(self.dataset_dir).parent.parts, s]) if stems.count(s) > 1 else s
             for f, s in zip(files, stems)
         ]
+        names = [
+            n + f.name[len(s) :].replace(".", "_") if names.count(n) > 1 else n for f, s, n in zip(files, stems, names)
+        ]
+        unique: list[str] = []
+        for name in names:
+            candidate, count = name, 1
+            while candidate in unique:
+                count += 1
+                candidate = f"{name}_{count}"
+            unique.append(candidate)
+        return unique
 
     def _check_settings(self) -> None:
         stored = getattr(getattr(self.network, "calibration", None), "settings", {}).get("preprocessing", {})

@@ -132,7 +132,8 @@ def load_record(record: ImageRecord, settings: SliceSettings) -> LoadedImage:
     if is_volume and not is_nifti(record.image):
         msg = f"{record.image}: 3D data is only read from NIfTI files, got shape {tuple(data.shape)}"
         raise ValueError(msg)
-    image = normalize_intensity(torch.as_tensor(data), settings.intensity, is_volume).numpy()
+    # NIfTI data (2D or 3D) is never treated as an 8-bit picture by the 'auto' intensity mode
+    image = normalize_intensity(torch.as_tensor(data), settings.intensity, is_volume or is_nifti(record.image)).numpy()
     shape = image.shape
     mask = _load_mask(record.mask, shape, record.image, "mask") if record.mask is not None else None
     if settings.foreground == "none":

@@ -1,7 +1,7 @@
 """Run bundle configs the way a user does: ``python -m monai.bundle run ...`` in a subprocess.
 
-The demo, the benchmark and the tests drive the bundles through this one helper, so they exercise the same code
-path as the documented commands.
+The demo and the bundle tests drive the bundles through this one helper, so they exercise the same code path as
+the documented commands.
 """
 
 from __future__ import annotations

@@ -428,7 +428,7 @@ def test_train_transforms_translation_stays_within_configured_fraction() -> None
     rotate = 3.0
     train = train_transforms(image_size=SIZE, rotate_degrees=rotate, translate_fraction=fractions)
     train.set_random_state(seed=2)
-    limits = np.array([f * s for f, s in zip(fractions, SIZE)])  # 1.28 px in x, 4.32 px in y
+    limits = np.array([f * s for f, s in zip(fractions, SIZE, strict=True)])  # 1.28 px in x, 4.32 px in y
     # slack: the translation may be applied before the rotation (sin 3 deg * 4.32 px ~ 0.23 px) plus interpolation
     slack = 0.5
     start = _centroid(image)

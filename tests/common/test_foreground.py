@@ -45,7 +45,11 @@ CASES = [
     # two blobs: only the largest is kept, even though the small one is brighter
     (_two_blobs, True, _expected_box((32, 32), (slice(2, 18), slice(2, 18)))),
     # two blobs without the component rule: both are kept
-    (_two_blobs, False, _expected_box((32, 32), (slice(2, 18), slice(2, 18))) | _expected_box((32, 32), (slice(24, 28), slice(24, 28)))),
+    (
+        _two_blobs,
+        False,
+        _expected_box((32, 32), (slice(2, 18), slice(2, 18))) | _expected_box((32, 32), (slice(24, 28), slice(24, 28))),
+    ),
     # 3D volume: the cavity is filled and the corner speck dropped
     (_volume, True, _expected_box((20, 16, 12), (slice(3, 17), slice(3, 13), slice(2, 10)))),
 ]

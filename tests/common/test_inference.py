@@ -67,7 +67,10 @@ def _make_inputs(folder: Path) -> dict[str, np.ndarray]:
     Image.fromarray(photo).save(folder / "photo.png")
     # ignored: masks next to the images, hidden files and non-image files
     (folder / "ground_truth" / "tumor").mkdir(parents=True)
-    nib.save(nib.Nifti1Image(np.zeros(VOLUME_SHAPE, np.uint8), np.eye(4)), str(folder / "ground_truth" / "tumor" / "brain.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.zeros(VOLUME_SHAPE, np.uint8), np.eye(4)),
+        str(folder / "ground_truth" / "tumor" / "brain.nii.gz"),
+    )
     (folder / "brain_mask").mkdir()
     Image.fromarray(np.zeros(PNG_HW, np.uint8)).save(folder / "brain_mask" / "photo.png")
     (folder / ".hidden.png").write_bytes(b"not an image")
@@ -76,7 +79,9 @@ def _make_inputs(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def _read_csv(path: Path) -> list[list[str]]:
@@ -197,6 +202,16 @@ def test_run_duplicate_stems_get_distinct_outputs(tmp_path: Path) -> None:
     np.testing.assert_allclose(a, abs(40 / 255 - 0.5), atol=1e-6)
 
 
+def test_run_same_stem_different_suffix_gets_distinct_outputs(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.zeros(PNG_HW, np.uint8)).save(inputs / "scan.png")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), str(inputs / "scan.nii.gz"))
+    summary = AnomalyInference(DistanceFromHalf(), inputs, tmp_path / "out", _settings(), MapScorer()).run()
+    assert summary.failed == []
+    assert len(set(summary.written)) == 2
+
+
 def test_run_on_empty_folder_writes_empty_scores(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     summary = AnomalyInference(DistanceFromHalf(), tmp_path / "in", tmp_path / "out", _settings(), MapScorer()).run()
@@ -207,7 +222,9 @@ def test_run_on_empty_folder_writes_empty_scores(tmp_path: Path) -> None:
 
 def test_invalid_volume_method_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="median"):
-        AnomalyInference(DistanceFromHalf(), tmp_path, tmp_path / "out", _settings(), MapScorer(), volume_method="median")
+        AnomalyInference(
+            DistanceFromHalf(), tmp_path, tmp_path / "out", _settings(), MapScorer(), volume_method="median"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -84,7 +84,14 @@ ROUND_TRIP_CASES = [
     (2, TimesTwo()),
     (2, PlusSliceMean()),
 ]
-ROUND_TRIP_IDS = ["axis0-times2", "axis0-slice-mean", "axis1-times2", "axis1-slice-mean", "axis2-times2", "axis2-slice-mean"]
+ROUND_TRIP_IDS = [
+    "axis0-times2",
+    "axis0-slice-mean",
+    "axis1-times2",
+    "axis1-slice-mean",
+    "axis2-times2",
+    "axis2-slice-mean",
+]
 
 
 def _expected(volume: np.ndarray, network: nn.Module, axis: int) -> np.ndarray:
@@ -285,6 +292,14 @@ def test_load_record_2d_image_becomes_single_slice_volume(tmp_path: Path) -> Non
     np.testing.assert_allclose(loaded.image[..., 0], np.asarray(load_image(png)) / 255.0, atol=1e-6)
 
 
+def test_load_record_auto_intensity_2d_float_nifti_uses_percentiles(tmp_path: Path) -> None:
+    path = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(_random_volume(15, (16, 12)), np.eye(4)), str(path))
+    loaded = load_record(ImageRecord(path), SliceSettings())
+    assert not loaded.is_volume
+    assert loaded.image.max() == pytest.approx(1.0)
+
+
 MISMATCH_CASES = [
     # ground-truth mask one slice short
     ("mask", "mask"),
@@ -347,7 +362,15 @@ SELECT_CASES = [
     # range first, then the foreground rule
     ({"slice_range": (3, 9), "min_foreground": 0.2}, [3, 4, 5]),
 ]
-SELECT_IDS = ["all", "range", "range-past-end", "range-negative-start", "min-fg-half", "min-fg-quarter", "range-and-min-fg"]
+SELECT_IDS = [
+    "all",
+    "range",
+    "range-past-end",
+    "range-negative-start",
+    "min-fg-half",
+    "min-fg-quarter",
+    "range-and-min-fg",
+]
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), SELECT_CASES, ids=SELECT_IDS)
