@@ -1,0 +1,1 @@
+"""Shared library of the anomaly-detection bundles (data, volumes, attention, flows, backbones, scoring, metrics)."""

@@ -17,24 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from common.checks import check_int_at_least, check_odd_kernel_size
+
 __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
-
-
-def _check_int_at_least(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}."
-        raise ValueError(msg)
-
-
-def _check_odd_kernel_size(name: str, value: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive odd integer (so 'same' padding keeps the size)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
-        msg = (
-            f"{name} must be a positive odd integer so that the output keeps the input's spatial size, "
-            f"got {value!r} (for example 3 or 7)."
-        )
-        raise ValueError(msg)
 
 
 class ChannelAttention(nn.Module):
@@ -67,8 +52,8 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        _check_int_at_least("channels", channels, 1)
-        _check_int_at_least("reduction", reduction, 1)
+        check_int_at_least("channels", channels, 1)
+        check_int_at_least("reduction", reduction, 1)
         self.channels = channels
         self.reduction = reduction
         hidden = max(channels // reduction, 1)
@@ -131,7 +116,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
-        _check_odd_kernel_size("kernel_size", kernel_size)
+        check_odd_kernel_size("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.conv = nn.Conv2d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
 
@@ -189,9 +174,9 @@ class CBAM(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, spatial_kernel_size: int = 7) -> None:
         super().__init__()
-        _check_int_at_least("channels", channels, 1)
-        _check_int_at_least("reduction", reduction, 1)
-        _check_odd_kernel_size("spatial_kernel_size", spatial_kernel_size)
+        check_int_at_least("channels", channels, 1)
+        check_int_at_least("reduction", reduction, 1)
+        check_odd_kernel_size("spatial_kernel_size", spatial_kernel_size)
         self.channel_attention = ChannelAttention(channels, reduction)
         self.spatial_attention = SpatialAttention(spatial_kernel_size)
 

@@ -182,7 +182,7 @@ class FeatureExtractor(nn.Module):
             for batch in batches:
                 self.model(batch.to(device))
             self.model.eval()
-            for m, momentum in zip(norms, momenta):
+            for m, momentum in zip(norms, momenta, strict=True):
                 m.momentum = momentum
         sums = [torch.zeros(c, dtype=torch.float64, device=device) for c in self.channels]
         squares = [torch.zeros(c, dtype=torch.float64, device=device) for c in self.channels]

@@ -84,7 +84,9 @@ def list_image_files(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
     )
 
 
@@ -354,7 +356,7 @@ def train_transforms(
                 keys=keys,
                 prob=1.0,
                 rotate_range=math.radians(rotate_degrees),
-                translate_range=[f * s for f, s in zip(translate_fraction, size)],
+                translate_range=[f * s for f, s in zip(translate_fraction, size, strict=True)],
                 mode=modes,
                 padding_mode="zeros",
                 allow_missing_keys=True,

@@ -17,16 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from common.data import ImageRecord, discover_dataset
-from common.inference import predict_volume
+from common.inference import VolumeRunner
 from common.io import atomic_output
 from common.metrics import evaluate_anomaly_detection, image_metrics
-from common.scoring import MapScorer, volume_score
-from common.training import load_checkpoint
-from common.volumes import SliceSettings, load_record, select_slices
+from common.volumes import load_record
 
 __all__ = ["AnomalyEvaluation", "EvaluationResult", "write_json_atomic"]
 
@@ -57,60 +53,30 @@ class EvaluationResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-class AnomalyEvaluation:
-    """Evaluate a detector on ``<dataset_dir>/test`` against ``ground_truth``.
+class AnomalyEvaluation(VolumeRunner):
+    """Evaluate a detector on ``<dataset_dir>/test`` against ``ground_truth`` (DESIGN.md layout).
 
     Args:
-        network: the detector.
-        dataset_dir: dataset root (DESIGN.md layout, with ``test/``).
-        output_dir: where ``metrics.json`` and the plots go.
-        slice_settings: slicing and normalisation (as in training).
-        scorer: how maps become slice scores (as in training).
-        device: where to run.
-        checkpoint: ``model.pt`` to load, or ``None`` when the network is already loaded.
-        sw_batch_size: slices per forward pass.
-        volume_method: volume score from slice scores (``"max"`` or ``"mean"``).
         fpr_limit: AUPRO integration limit.
         plots: write ROC, histogram and overlay PNGs.
         n_overlays: abnormal slices shown in the overlay figure.
-        amp: bf16 autocast on CUDA.
+        **kwargs: the arguments of :class:`~common.inference.VolumeRunner` (``dataset_dir`` is the dataset root and
+            ``output_dir`` receives ``metrics.json`` and the plots).
     """
 
     def __init__(
-        self,
-        network: nn.Module,
-        dataset_dir: str | Path,
-        output_dir: str | Path,
-        slice_settings: SliceSettings,
-        scorer: MapScorer,
-        device: torch.device | str = "cpu",
-        checkpoint: str | Path | None = None,
-        sw_batch_size: int = 16,
-        volume_method: str = "max",
-        fpr_limit: float = 0.3,
-        plots: bool = True,
-        n_overlays: int = 6,
-        amp: bool = True,
+        self, *args: Any, fpr_limit: float = 0.3, plots: bool = True, n_overlays: int = 6, **kwargs: Any
     ) -> None:
-        self.network = network
-        self.dataset_dir = Path(dataset_dir)
-        self.output_dir = Path(output_dir)
-        self.slice_settings = slice_settings
-        self.scorer = scorer
-        self.device = torch.device(device)
-        self.checkpoint = checkpoint
-        self.sw_batch_size = sw_batch_size
-        self.volume_method = volume_method
+        super().__init__(*args, **kwargs)
         self.fpr_limit = fpr_limit
         self.plots = plots
         self.n_overlays = n_overlays
-        self.amp = amp
 
     def dataset_records(self) -> list[ImageRecord]:
         """The test records of the dataset (``test/<class>/`` with their masks)."""
         return discover_dataset(self.dataset_dir, require_test=True).test
 
-    def predict(self) -> EvaluationResult:
+    def predict_test_set(self) -> EvaluationResult:
         """Run the detector over the test split (unreadable files are logged and skipped)."""
         result = EvaluationResult()
         for record in self.dataset_records():
@@ -119,8 +85,7 @@ class AnomalyEvaluation:
             except ValueError as error:
                 logger.error("skipped %s", error)
                 continue
-            maps, scores = predict_volume(self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp)
-            selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
+            maps, scores, selected, vol_score = self.predict(loaded)
             for i in selected:
                 mask = loaded.slice(loaded.mask, i) if loaded.mask is not None else None
                 result.labels.append(int(mask.any()) if mask is not None else int(record.label))
@@ -133,7 +98,7 @@ class AnomalyEvaluation:
                 result.masks.append(mask)
             if loaded.is_volume:
                 result.volume_labels.append(int(record.label))
-                result.volume_scores.append(volume_score(scores[selected], self.volume_method))
+                result.volume_scores.append(vol_score)
         if not result.labels:
             msg = f"{self.dataset_dir}: no test slice could be evaluated"
             raise ValueError(msg)
@@ -141,10 +106,7 @@ class AnomalyEvaluation:
 
     def compute_metrics(self, result: EvaluationResult) -> dict[str, Any]:
         """Image, pixel and (3D) volume metrics at the calibrated thresholds."""
-        calibration = getattr(self.network, "calibration", None)
-        calibrated = calibration is not None and calibration.calibrated
-        image_threshold = float(calibration.image_threshold) if calibrated else None
-        pixel_threshold = float(calibration.pixel_threshold) if calibrated else None
+        pixel_threshold, image_threshold = self.thresholds or (None, None)
         with_gt = [i for i, m in enumerate(result.masks) if m is not None]
         kwargs: dict[str, Any] = {}
         if with_gt and any(result.masks[i].any() for i in with_gt):
@@ -155,8 +117,11 @@ class AnomalyEvaluation:
                 "pixel_threshold": pixel_threshold,
             }
         metrics = evaluate_anomaly_detection(
-            np.asarray(result.labels), np.asarray(result.scores), image_threshold=image_threshold,
-            fpr_limit=self.fpr_limit, **kwargs
+            np.asarray(result.labels),
+            np.asarray(result.scores),
+            image_threshold=image_threshold,
+            fpr_limit=self.fpr_limit,
+            **kwargs,
         )
         if result.volume_labels:
             volume = image_metrics(np.asarray(result.volume_labels), np.asarray(result.volume_scores), image_threshold)
@@ -175,10 +140,8 @@ class AnomalyEvaluation:
 
     def run(self) -> dict[str, Any]:
         """Predict, compute metrics, write ``metrics.json`` (and plots); returns the metrics."""
-        if self.checkpoint is not None:
-            load_checkpoint(self.network, self.checkpoint)
-        self.network.to(self.device).eval()
-        result = self.predict()
+        self.prepare()
+        result = self.predict_test_set()
         result.metrics = self.compute_metrics(result)
         write_json_atomic(self.output_dir / "metrics.json", result.metrics)
         if self.plots:

@@ -28,6 +28,7 @@ from monai.utils import LossReduction, look_up_option
 from torch import Tensor, nn
 
 from common.attention import CBAM
+from common.checks import check_int_at_least, check_odd_kernel_size
 
 __all__ = [
     "FlowNLLLoss",
@@ -56,23 +57,6 @@ class FlowOutput(NamedTuple):
 
     z: Tensor
     log_jac_det: Tensor
-
-
-def _check_int_at_least(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}."
-        raise ValueError(msg)
-
-
-def _check_odd_kernel_size(name: str, value: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive odd integer (so 'same' padding keeps the size)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
-        msg = (
-            f"{name} must be a positive odd integer so that the output keeps the input's spatial size, "
-            f"got {value!r} (for example 3)."
-        )
-        raise ValueError(msg)
 
 
 def _conv_subnet(
@@ -133,9 +117,9 @@ def cbam_subnet_constructor(hidden_channels: int = 128, reduction: int = 16, ker
         >>> subnet(torch.randn(2, 8, 5, 7)).shape
         torch.Size([2, 16, 5, 7])
     """
-    _check_int_at_least("hidden_channels", hidden_channels, 1)
-    _check_int_at_least("reduction", reduction, 1)
-    _check_odd_kernel_size("kernel_size", kernel_size)
+    check_int_at_least("hidden_channels", hidden_channels, 1)
+    check_int_at_least("reduction", reduction, 1)
+    check_odd_kernel_size("kernel_size", kernel_size)
     return functools.partial(
         _conv_subnet, hidden_channels=hidden_channels, kernel_size=kernel_size, reduction=reduction
     )
@@ -158,8 +142,8 @@ def conv_subnet_constructor(hidden_channels: int = 128, kernel_size: int = 3) ->
     Raises:
         ValueError: when ``hidden_channels`` is not an integer >= 1 or ``kernel_size`` is not a positive odd integer.
     """
-    _check_int_at_least("hidden_channels", hidden_channels, 1)
-    _check_odd_kernel_size("kernel_size", kernel_size)
+    check_int_at_least("hidden_channels", hidden_channels, 1)
+    check_odd_kernel_size("kernel_size", kernel_size)
     return functools.partial(_conv_subnet, hidden_channels=hidden_channels, kernel_size=kernel_size, reduction=None)
 
 
@@ -240,8 +224,8 @@ def build_coupling_flow(
         >>> out.z.shape, out.log_jac_det.shape
         (torch.Size([2, 8, 5, 7]), torch.Size([2]))
     """
-    _check_int_at_least("channels", channels, 2)
-    _check_int_at_least("n_blocks", n_blocks, 1)
+    check_int_at_least("channels", channels, 2)
+    check_int_at_least("n_blocks", n_blocks, 1)
     if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not math.isfinite(clamp) or clamp <= 0:
         msg = f"clamp must be a finite number > 0 (for example 2.0), got {clamp!r}."
         raise ValueError(msg)

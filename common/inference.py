@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,14 @@ from common.scoring import MapScorer, volume_score
 from common.training import load_checkpoint
 from common.volumes import LoadedImage, SliceSettings, SliceWiseInferer, load_record, select_slices, write_map
 
-__all__ = ["AnomalyInference", "InferenceSummary", "list_input_files", "predict_volume", "write_csv_atomic"]
+__all__ = [
+    "AnomalyInference",
+    "InferenceSummary",
+    "VolumeRunner",
+    "list_input_files",
+    "predict_volume",
+    "write_csv_atomic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,20 +119,19 @@ class InferenceSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-class AnomalyInference:
-    """Batch inference of a trained detector over a folder.
+class VolumeRunner:
+    """What batch inference and evaluation share: a loaded detector run slice-wise over files.
 
     Args:
         network: the detector (its ``calibration`` holds the thresholds after loading ``model.pt``).
-        dataset_dir: input folder (any folder of images or NIfTI volumes).
-        output_dir: where maps and ``scores.csv`` go.
+        dataset_dir: input folder.
+        output_dir: where outputs go.
         slice_settings: slicing and normalisation (should match training; a mismatch is logged).
         scorer: how maps become slice scores (should match training).
         device: where to run.
         checkpoint: ``model.pt`` to load, or ``None`` when the network is already loaded.
         sw_batch_size: slices per forward pass.
         volume_method: how slice scores become a volume score (``"max"`` or ``"mean"``).
-        write_masks: also write ``<stem>_mask.nii.gz`` at the calibrated pixel threshold.
         amp: bf16 autocast on CUDA.
     """
 
@@ -139,7 +146,6 @@ class AnomalyInference:
         checkpoint: str | Path | None = None,
         sw_batch_size: int = 16,
         volume_method: str = "max",
-        write_masks: bool = True,
         amp: bool = True,
     ) -> None:
         self.network = network
@@ -151,19 +157,57 @@ class AnomalyInference:
         self.checkpoint = checkpoint
         self.sw_batch_size = sw_batch_size
         self.volume_method = volume_method
-        self.write_masks = write_masks
         self.amp = amp
         volume_score([0.0], volume_method)  # validates the method name now, not after the first volume
+
+    @property
+    def thresholds(self) -> tuple[float, float] | None:
+        """``(pixel_threshold, image_threshold)`` calibrated during training, or ``None``."""
+        calibration = getattr(self.network, "calibration", None)
+        if calibration is None or not calibration.calibrated:
+            return None
+        return float(calibration.pixel_threshold), float(calibration.image_threshold)
+
+    def prepare(self) -> None:
+        """Load the checkpoint (if any), move the network to the device, switch to eval mode, compare settings."""
+        if self.checkpoint is not None:
+            load_checkpoint(self.network, self.checkpoint)
+        self.network.to(self.device).eval()
+        stored = getattr(getattr(self.network, "calibration", None), "settings", {}).get("preprocessing", {})
+        trained = stored.get("slices") if isinstance(stored, dict) else None
+        current = self.slice_settings.as_dict()
+        if trained and trained != current:
+            logger.warning("slice settings differ from training: trained with %s, running with %s", trained, current)
+
+    def predict(self, loaded: LoadedImage) -> tuple[np.ndarray, np.ndarray, list[int], float]:
+        """Maps, slice scores, the scored slice indices and the volume score of a loaded file."""
+        maps, scores = predict_volume(self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp)
+        selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
+        return maps, scores, selected, volume_score(scores[selected], self.volume_method)
+
+
+class AnomalyInference(VolumeRunner):
+    """Batch inference of a trained detector over a folder (any folder of images or NIfTI volumes).
+
+    Args:
+        write_masks: also write ``<stem>_mask.nii.gz`` at the calibrated pixel threshold.
+        **kwargs: the arguments of :class:`VolumeRunner`.
+    """
+
+    def __init__(self, *args: Any, write_masks: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.write_masks = write_masks
 
     def _output_stems(self, files: Sequence[Path]) -> list[str]:
         """Output stems: the file stem; clashing stems get their folder path, then their suffix, then a counter."""
         stems = [file_stem(f) for f in files]
         names = [
             "_".join([*f.relative_to(self.dataset_dir).parent.parts, s]) if stems.count(s) > 1 else s
-            for f, s in zip(files, stems)
+            for f, s in zip(files, stems, strict=True)
         ]
         names = [
-            n + f.name[len(s) :].replace(".", "_") if names.count(n) > 1 else n for f, s, n in zip(files, stems, names)
+            n + f.name[len(s) :].replace(".", "_") if names.count(n) > 1 else n
+            for f, s, n in zip(files, stems, names, strict=True)
         ]
         unique: list[str] = []
         for name in names:
@@ -174,17 +218,12 @@ class AnomalyInference:
             unique.append(candidate)
         return unique
 
-    def _check_settings(self) -> None:
-        stored = getattr(getattr(self.network, "calibration", None), "settings", {}).get("preprocessing", {})
-        current = self.slice_settings.as_dict()
-        trained = stored.get("slices") if isinstance(stored, dict) else None
-        if trained and trained != current:
-            logger.warning("slice settings differ from training: trained with %s, running with %s", trained, current)
-
     def _loaded(self, files: Sequence[Path]) -> Iterator[tuple[Path, LoadedImage | Exception]]:
         """Load files one ahead in a background thread so reading overlaps with the network."""
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures: list[Future] = [pool.submit(load_record, ImageRecord(f), self.slice_settings) for f in files[:1]]
+            futures: list[Future | None] = [
+                pool.submit(load_record, ImageRecord(f), self.slice_settings) for f in files[:1]
+            ]
             for i, path in enumerate(files):
                 if i + 1 < len(files):
                     futures.append(pool.submit(load_record, ImageRecord(files[i + 1]), self.slice_settings))
@@ -192,35 +231,27 @@ class AnomalyInference:
                     yield path, futures[i].result()
                 except Exception as error:  # reported per file; the batch goes on
                     yield path, error
-                futures[i] = None  # type: ignore[call-overload]  # release the loaded volume
+                futures[i] = None  # release the loaded volume
 
     def run(self) -> InferenceSummary:
         """Process every file; returns the summary and writes ``scores.csv`` (and ``failed.csv`` when needed)."""
-        if self.checkpoint is not None:
-            load_checkpoint(self.network, self.checkpoint)
-        self.network.to(self.device).eval()
-        self._check_settings()
-        calibration = getattr(self.network, "calibration", None)
-        calibrated = calibration is not None and calibration.calibrated
-        if self.write_masks and not calibrated:
+        self.prepare()
+        thresholds = self.thresholds
+        if self.write_masks and thresholds is None:
             logger.warning("the model holds no calibrated thresholds; no masks will be written")
         files = list_input_files(self.dataset_dir)
         if not files:
             logger.warning("%s: no image or NIfTI files found", self.dataset_dir)
         summary = InferenceSummary()
-        for (path, loaded), stem in zip(self._loaded(files), self._output_stems(files)):
+        for (path, loaded), stem in zip(self._loaded(files), self._output_stems(files), strict=True):
             try:
                 if isinstance(loaded, Exception):
                     raise loaded
-                maps, scores = predict_volume(
-                    self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp
-                )
-                selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
-                vol_score = volume_score(scores[selected], self.volume_method)
+                maps, scores, selected, vol_score = self.predict(loaded)
                 out_maps = maps if loaded.is_volume else maps[..., 0]
                 written = [write_map(out_maps, path, self.output_dir / f"{stem}_anomaly.nii.gz")]
-                if self.write_masks and calibrated:
-                    mask = (out_maps > float(calibration.pixel_threshold)).astype(np.float32)
+                if self.write_masks and thresholds is not None:
+                    mask = (out_maps > thresholds[0]).astype(np.float32)
                     written.append(write_map(mask, path, self.output_dir / f"{stem}_mask.nii.gz"))
             except Exception as error:  # one bad file must not stop the batch
                 message = str(error) if str(path) in str(error) else f"{path}: {error}"
@@ -228,13 +259,14 @@ class AnomalyInference:
                 summary.failed.append((str(path), message))
                 continue
             summary.written.extend(written)
-            image_threshold = float(calibration.image_threshold) if calibrated else float("nan")
             for index in selected:
-                summary.rows.append(
-                    [str(path), index if loaded.is_volume else "", f"{scores[index]:.6g}", f"{vol_score:.6g}",
-                     int(scores[index] > image_threshold) if calibrated else "",
-                     int(vol_score > image_threshold) if calibrated else ""]
+                flags = (
+                    ["", ""]
+                    if thresholds is None
+                    else [int(scores[index] > thresholds[1]), int(vol_score > thresholds[1])]
                 )
+                slice_index = index if loaded.is_volume else ""
+                summary.rows.append([str(path), slice_index, f"{scores[index]:.6g}", f"{vol_score:.6g}", *flags])
             logger.info("%s: volume score %.4g -> %s", path.name, vol_score, written[0])
         header = ["file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous"]
         write_csv_atomic(self.output_dir / "scores.csv", header, summary.rows)

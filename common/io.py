@@ -30,7 +30,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
     Example:
         >>> with atomic_output(tmp_dir / "scores.csv") as tmp:  # doctest: +SKIP
-        ...     tmp.write_text("file,score\\n")
+        ...     tmp.write_text("file,score")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ class MapScorer:
             inside = foreground.flatten(1) > 0
             inside = torch.where(inside.any(dim=1, keepdim=True), inside, torch.ones_like(inside))
         scores = []
-        for values, keep in zip(flat, inside):
+        for values, keep in zip(flat, inside, strict=True):
             values = values[keep]
             if self.method == "max":
                 scores.append(values.max())
@@ -101,7 +101,10 @@ def volume_score(slice_scores: Sequence[float] | np.ndarray, method: str = "max"
 
 
 def calibrate_thresholds(
-    normal_pixel_scores: np.ndarray, normal_image_scores: np.ndarray, pixel_quantile: float = 0.999, image_fpr: float = 0.05
+    normal_pixel_scores: np.ndarray,
+    normal_image_scores: np.ndarray,
+    pixel_quantile: float = 0.999,
+    image_fpr: float = 0.05,
 ) -> tuple[float, float]:
     """Thresholds from normal data only.
 

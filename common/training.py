@@ -176,8 +176,10 @@ class CalibrationHandler:
         """Compute and store the thresholds."""
         network = _unwrap(self.network)
         maps, foregrounds, image_scores = predict_maps(network, self.loader, self.device, self.scorer)
-        pixels = np.concatenate([m[f] for m, f in zip(maps, foregrounds)]) if maps else np.zeros(0)
-        pixel_threshold, image_threshold = calibrate_thresholds(pixels, image_scores, self.pixel_quantile, self.image_fpr)
+        pixels = np.concatenate([m[f] for m, f in zip(maps, foregrounds, strict=True)]) if maps else np.zeros(0)
+        pixel_threshold, image_threshold = calibrate_thresholds(
+            pixels, image_scores, self.pixel_quantile, self.image_fpr
+        )
         network.calibration.set_thresholds(
             pixel_threshold,
             image_threshold,

@@ -241,13 +241,20 @@ class SliceWiseInferer(Inferer):
         """Return the network's output for a batch of images or volumes (same spatial shape as ``inputs``)."""
         if inputs.ndim == 4:
             return torch.cat(
-                [network(inputs[i : i + self.sw_batch_size], *args, **kwargs) for i in range(0, len(inputs), self.sw_batch_size)]
+                [
+                    network(inputs[i : i + self.sw_batch_size], *args, **kwargs)
+                    for i in range(0, len(inputs), self.sw_batch_size)
+                ]
             )
         if inputs.ndim != 5:
             msg = f"expected (B, C, H, W) images or (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}"
             raise ValueError(msg)
         inferer = SliceInferer(
-            spatial_dim=self.spatial_dim, roi_size=(-1, -1), sw_batch_size=self.sw_batch_size, overlap=0.0, progress=False
+            spatial_dim=self.spatial_dim,
+            roi_size=(-1, -1),
+            sw_batch_size=self.sw_batch_size,
+            overlap=0.0,
+            progress=False,
         )
         return inferer(inputs, network, *args, **kwargs)
 

@@ -1,0 +1,1 @@
+"""Command-line tools that span bundles: demo data, demo, benchmark."""

@@ -42,7 +42,9 @@ def _format(value: Any) -> str:
     return json.dumps(value)
 
 
-def bundle_command(name: str, config: str, run_id: str = "run", overrides: Mapping[str, Any] | None = None) -> list[str]:
+def bundle_command(
+    name: str, config: str, run_id: str = "run", overrides: Mapping[str, Any] | None = None
+) -> list[str]:
     """The ``python -m monai.bundle run`` command line for a bundle config with ``--key value`` overrides."""
     config_file = bundle_dir(name) / "configs" / config
     command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_file)]

@@ -63,8 +63,14 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int = 3, seed: int 
         BUNDLE,
         "train.json",
         "training",
-        {**common, "dataset_dir": data, "max_epochs": epochs, "batch_size": 16, "ckpt_dir": out / "model",
-         "output_dir": out / "train"},
+        {
+            **common,
+            "dataset_dir": data,
+            "max_epochs": epochs,
+            "batch_size": 16,
+            "ckpt_dir": out / "model",
+            "output_dir": out / "train",
+        },
         log_file=logs / "train.log",
     )
     print(f"    done in {time.perf_counter() - t:.0f} s; log: {logs / 'train.log'}")

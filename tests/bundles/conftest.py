@@ -20,7 +20,9 @@ def load_bundle_scripts(name: str) -> ModuleType:
     if alias in sys.modules:
         return sys.modules[alias]
     folder = REPO_ROOT / "bundles" / name / "scripts"
-    spec = importlib.util.spec_from_file_location(alias, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        alias, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[alias] = module
     spec.loader.exec_module(module)

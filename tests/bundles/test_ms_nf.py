@@ -118,9 +118,19 @@ def test_metadata_verifies_against_the_schema():
     if not SCHEMA.is_file():
         pytest.skip(f"{SCHEMA} is absent")
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
-         "--filepath", str(SCHEMA)],
-        capture_output=True, text=True, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--filepath",
+            str(SCHEMA),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "metadata is verified with no error" in result.stdout + result.stderr
@@ -131,9 +141,17 @@ def trained_tiny(phantoms_3d, tmp_path_factory) -> Path:
     """Train the tiny network for one epoch through ``python -m monai.bundle run training`` (real config)."""
     out = tmp_path_factory.mktemp("ms_nf_run")
     run_bundle(
-        "ms_nf", "train.json", "training",
-        {**TINY, "dataset_dir": phantoms_3d, "max_epochs": 1, "batch_size": 8, "ckpt_dir": out / "models",
-         "output_dir": out / "train"},
+        "ms_nf",
+        "train.json",
+        "training",
+        {
+            **TINY,
+            "dataset_dir": phantoms_3d,
+            "max_epochs": 1,
+            "batch_size": 8,
+            "ckpt_dir": out / "models",
+            "output_dir": out / "train",
+        },
         timeout=600,
     )
     return out / "models" / "model.pt"
@@ -159,7 +177,9 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
     out = tmp_path / "out"
     run_bundle(
-        "ms_nf", "inference.json", "run",
+        "ms_nf",
+        "inference.json",
+        "run",
         {**TINY, "dataset_dir": inputs, "output_dir": out, "ckpt_path": trained_tiny},
         timeout=300,
     )
@@ -184,13 +204,24 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
     run_bundle(
-        "ms_nf", "evaluate.json", "run",
+        "ms_nf",
+        "evaluate.json",
+        "run",
         {**TINY, "dataset_dir": phantoms_3d, "output_dir": tmp_path, "ckpt_path": trained_tiny},
         timeout=300,
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_auroc_foreground", "aupro",
-                "best_dice", "dice", "volume_auroc"):
+    for key in (
+        "image_auroc",
+        "image_ap",
+        "image_f1",
+        "pixel_auroc",
+        "pixel_auroc_foreground",
+        "aupro",
+        "best_dice",
+        "dice",
+        "volume_auroc",
+    ):
         assert key in metrics, key
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
     assert metrics["n_volumes"] == 3
@@ -207,7 +238,9 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
         (dataset / "images" / "a.png").write_bytes(b"")
     with pytest.raises(BundleRunError) as info:
         run_bundle(
-            "ms_nf", "train.json", "training",
+            "ms_nf",
+            "train.json",
+            "training",
             {**TINY, "dataset_dir": dataset, "max_epochs": 1, "ckpt_dir": tmp_path / "models"},
             timeout=300,
         )
@@ -222,14 +255,29 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
     data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
     overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32}
     run_bundle(
-        "ms_nf", "train.json", "training",
-        {**overrides, "dataset_dir": data, "max_epochs": 6, "batch_size": 8, "ckpt_dir": tmp_path / "models",
-         "output_dir": tmp_path / "train"},
+        "ms_nf",
+        "train.json",
+        "training",
+        {
+            **overrides,
+            "dataset_dir": data,
+            "max_epochs": 6,
+            "batch_size": 8,
+            "ckpt_dir": tmp_path / "models",
+            "output_dir": tmp_path / "train",
+        },
         timeout=900,
     )
     run_bundle(
-        "ms_nf", "evaluate.json", "run",
-        {**overrides, "dataset_dir": data, "output_dir": tmp_path / "eval", "ckpt_path": tmp_path / "models" / "model.pt"},
+        "ms_nf",
+        "evaluate.json",
+        "run",
+        {
+            **overrides,
+            "dataset_dir": data,
+            "output_dir": tmp_path / "eval",
+            "ckpt_path": tmp_path / "models" / "model.pt",
+        },
         timeout=300,
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -249,15 +297,29 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
     data = shared_dataset("brats2015_slices")
     overrides = {"image_size": [128, 128], "n_blocks": 4}
     run_bundle(
-        "ms_nf", "train.json", "training",
-        {**overrides, "dataset_dir": data, "max_epochs": 3, "ckpt_dir": tmp_path / "models",
-         "output_dir": tmp_path / "train"},
+        "ms_nf",
+        "train.json",
+        "training",
+        {
+            **overrides,
+            "dataset_dir": data,
+            "max_epochs": 3,
+            "ckpt_dir": tmp_path / "models",
+            "output_dir": tmp_path / "train",
+        },
         timeout=1200,
     )
     run_bundle(
-        "ms_nf", "evaluate.json", "run",
-        {**overrides, "dataset_dir": data, "output_dir": tmp_path / "eval", "ckpt_path": tmp_path / "models" / "model.pt",
-         "n_overlays": 0},
+        "ms_nf",
+        "evaluate.json",
+        "run",
+        {
+            **overrides,
+            "dataset_dir": data,
+            "output_dir": tmp_path / "eval",
+            "ckpt_path": tmp_path / "models" / "model.pt",
+            "n_overlays": 0,
+        },
         timeout=600,
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

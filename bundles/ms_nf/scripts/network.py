@@ -55,6 +55,10 @@ class MSNF(nn.Module):
         clamp: soft-clamp bound α of the log-scales.
         attention: use the CBAM subnet (``False``: plain conv subnet, an ablation).
         fusion: how per-scale maps are fused, ``"mean"`` or ``"max"``.
+        feature_noise: standard deviation of Gaussian noise added to the standardised features in training only
+            (0 = none). Flat background regions give near-constant features that a flow can compress without
+            bound, which lets the likelihood of the background dominate the loss; a little noise bounds that gain
+            so the flow spends its capacity on the anatomy (dequantisation, as in flow-based density models).
         seed: seed of the fixed channel permutations.
 
     Example:
@@ -76,6 +80,7 @@ class MSNF(nn.Module):
         clamp: float = 2.0,
         attention: bool = True,
         fusion: str = "mean",
+        feature_noise: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -85,8 +90,12 @@ class MSNF(nn.Module):
         if len(image_size) != 2 or min(image_size) < 32:
             msg = f"image_size must be two sizes of at least 32, got {tuple(image_size)}"
             raise ValueError(msg)
+        if feature_noise < 0:
+            msg = f"feature_noise must be >= 0, got {feature_noise}"
+            raise ValueError(msg)
         self.image_size = tuple(int(s) for s in image_size)
         self.fusion = fusion
+        self.feature_noise = feature_noise
         self.extractor = FeatureExtractor(backbone, in_channels, out_indices, backbone_weights)
         subnet = (
             cbam_subnet_constructor(hidden_channels, reduction)
@@ -106,7 +115,10 @@ class MSNF(nn.Module):
 
     def forward_train(self, x: torch.Tensor) -> MSNFTrainOutput:
         """Latents and log-determinants of every scale for the NLL loss (eq. 12)."""
-        return MSNFTrainOutput([run_flow(flow, f) for flow, f in zip(self.flows, self._features(x))])
+        features = self._features(x)
+        if self.training and self.feature_noise > 0:
+            features = [f + self.feature_noise * torch.randn_like(f) for f in features]
+        return MSNFTrainOutput([run_flow(flow, f) for flow, f in zip(self.flows, features, strict=True)])
 
     def scale_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-scale maps ``0.5 · mean_c(z²)``, each ``(B, 1, h_l, w_l)`` at its feature resolution."""
