@@ -28,6 +28,8 @@ __all__ = [
     "CalibrationHandler",
     "FeatureStatisticsHandler",
     "ForwardTrainInferer",
+    "clip_gradients",
+    "linear_warmup",
     "load_checkpoint",
     "predict_maps",
 ]
@@ -197,6 +199,49 @@ class CalibrationHandler:
             pixel_threshold,
             image_threshold,
         )
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.optim.Optimizer:
+    """Clip the global gradient norm of the optimizer's parameters before every step.
+
+    Deep coupling flows are prone to early loss spikes (an unbounded translation term can throw a batch's latents
+    far out); clipping keeps one such batch from wrecking the Adam moments. Implemented as an optimizer step
+    pre-hook so MONAI's ``SupervisedTrainer`` needs no custom iteration (with AMP, ``GradScaler.step`` unscales the
+    gradients before the hook runs).
+
+    Args:
+        optimizer: the optimizer to wrap (returned, for use in configs).
+        max_norm: maximal global L2 norm; ``None`` or ``<= 0`` disables clipping.
+    """
+    if max_norm is None or max_norm <= 0:
+        return optimizer
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def _clip(*_: Any) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    optimizer.register_step_pre_hook(_clip)
+    return optimizer
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_iterations: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning-rate schedule rising linearly to the base rate over the first iterations, then constant.
+
+    Step it once per iteration (MONAI ``LrScheduleHandler(epoch_level=False)``). Warm-up is the usual remedy for the
+    instability of deep flows in their first Adam steps (Kingma & Dhariwal, Glow, 2018): Adam moves every weight of
+    the zero-initialised output layers by about the learning rate at once, and dozens of stacked couplings compound
+    that into exploding latents.
+
+    Args:
+        optimizer: the optimizer.
+        warmup_iterations: iterations to reach the base rate (0 = no warm-up).
+    """
+    if warmup_iterations < 0:
+        msg = f"warmup_iterations must be >= 0, got {warmup_iterations}"
+        raise ValueError(msg)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 if warmup_iterations == 0 else min(1.0, (step + 1) / warmup_iterations)
+    )
 
 
 def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:

@@ -253,7 +253,8 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
 def test_learns_to_detect_phantom_lesions(tmp_path):
     """Short CPU training on 2D phantoms; floors set from measured runs (see docs/README.md)."""
     data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
-    overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32}
+    # a 4-block flow trains stably without the warm-up the 15-block default needs
+    overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32, "warmup_iterations": 0}
     run_bundle(
         "ms_nf",
         "train.json",
@@ -281,13 +282,16 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
         timeout=300,
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    print("phantom learning metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
     assert metrics["pixel_auroc_foreground"] >= PHANTOM_PIXEL_AUROC_FLOOR, metrics
 
 
-PHANTOM_IMAGE_AUROC_FLOOR = 0.0
-PHANTOM_PIXEL_AUROC_FLOOR = 0.0
-BRATS_PIXEL_AUROC_FLOOR = 0.0
+# Measured (seed 0, this configuration, 2-core CPU): image AUROC 0.785, foreground pixel AUROC 0.828.
+PHANTOM_IMAGE_AUROC_FLOOR = 0.70
+PHANTOM_PIXEL_AUROC_FLOOR = 0.75
+# Measured (seed 0, 128x128, 4 blocks, 5 epochs): pixel AUROC 0.940 (bundles/ms_nf/docs/README.md).
+BRATS_PIXEL_AUROC_FLOOR = 0.92
 
 
 @pytest.mark.slow
@@ -295,7 +299,7 @@ BRATS_PIXEL_AUROC_FLOOR = 0.0
 def test_brats_slices_pixel_auroc_floor(tmp_path):
     """Short CPU training on the real BraTS FLAIR slices; the floor is set from a measured run (docs/README.md)."""
     data = shared_dataset("brats2015_slices")
-    overrides = {"image_size": [128, 128], "n_blocks": 4}
+    overrides = {"image_size": [128, 128], "n_blocks": 4, "warmup_iterations": 0}
     run_bundle(
         "ms_nf",
         "train.json",
@@ -303,7 +307,7 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
         {
             **overrides,
             "dataset_dir": data,
-            "max_epochs": 3,
+            "max_epochs": 5,
             "ckpt_dir": tmp_path / "models",
             "output_dir": tmp_path / "train",
         },
@@ -323,4 +327,5 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
         timeout=600,
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    print("brats metrics:", json.dumps(metrics))
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
