@@ -290,8 +290,9 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
 # Measured (seed 0, this configuration, 2-core CPU): image AUROC 0.785, foreground pixel AUROC 0.828.
 PHANTOM_IMAGE_AUROC_FLOOR = 0.70
 PHANTOM_PIXEL_AUROC_FLOOR = 0.75
-# Measured (seed 0, 128x128, 4 blocks, 5 epochs): pixel AUROC 0.940 (bundles/ms_nf/docs/README.md).
-BRATS_PIXEL_AUROC_FLOOR = 0.92
+# Measured (seed 0, 128x128, 4 blocks, 5 epochs, default clipping, no warm-up): pixel AUROC 0.920, image AUROC
+# 0.723, AUPRO 0.657 (bundles/ms_nf/docs/README.md).
+BRATS_PIXEL_AUROC_FLOOR = 0.90
 
 
 @pytest.mark.slow
