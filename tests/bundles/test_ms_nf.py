@@ -249,25 +249,16 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
     assert not (tmp_path / "models" / "model.pt").exists()
 
 
-@pytest.mark.slow
-def test_learns_to_detect_phantom_lesions(tmp_path):
-    """Short CPU training on 2D phantoms; floors set from measured runs (see docs/README.md)."""
-    data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
-    # a 4-block flow trains stably without the warm-up the 15-block default needs
-    overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32, "warmup_iterations": 0}
+def _train_and_evaluate(
+    data: Path, overrides: dict, train: dict, evaluate: dict, out: Path, timeouts: tuple[int, int]
+) -> dict:
+    """Train through ``train.json`` then evaluate through ``evaluate.json``; returns ``metrics.json``."""
     run_bundle(
         "ms_nf",
         "train.json",
         "training",
-        {
-            **overrides,
-            "dataset_dir": data,
-            "max_epochs": 6,
-            "batch_size": 8,
-            "ckpt_dir": tmp_path / "models",
-            "output_dir": tmp_path / "train",
-        },
-        timeout=900,
+        {**overrides, **train, "dataset_dir": data, "ckpt_dir": out / "models", "output_dir": out / "train"},
+        timeout=timeouts[0],
     )
     run_bundle(
         "ms_nf",
@@ -275,13 +266,23 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
         "run",
         {
             **overrides,
+            **evaluate,
             "dataset_dir": data,
-            "output_dir": tmp_path / "eval",
-            "ckpt_path": tmp_path / "models" / "model.pt",
+            "output_dir": out / "eval",
+            "ckpt_path": out / "models" / "model.pt",
         },
-        timeout=300,
+        timeout=timeouts[1],
     )
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    return json.loads((out / "eval" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_learns_to_detect_phantom_lesions(tmp_path):
+    """Short CPU training on 2D phantoms; floors set from measured runs (see docs/README.md)."""
+    data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
+    # a 4-block flow trains stably without the warm-up the 15-block default needs
+    overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32, "warmup_iterations": 0}
+    metrics = _train_and_evaluate(data, overrides, {"max_epochs": 6, "batch_size": 8}, {}, tmp_path, (900, 300))
     print("phantom learning metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
     assert metrics["pixel_auroc_foreground"] >= PHANTOM_PIXEL_AUROC_FLOOR, metrics
@@ -301,32 +302,6 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
     """Short CPU training on the real BraTS FLAIR slices; the floor is set from a measured run (docs/README.md)."""
     data = shared_dataset("brats2015_slices")
     overrides = {"image_size": [128, 128], "n_blocks": 4, "warmup_iterations": 0}
-    run_bundle(
-        "ms_nf",
-        "train.json",
-        "training",
-        {
-            **overrides,
-            "dataset_dir": data,
-            "max_epochs": 5,
-            "ckpt_dir": tmp_path / "models",
-            "output_dir": tmp_path / "train",
-        },
-        timeout=1200,
-    )
-    run_bundle(
-        "ms_nf",
-        "evaluate.json",
-        "run",
-        {
-            **overrides,
-            "dataset_dir": data,
-            "output_dir": tmp_path / "eval",
-            "ckpt_path": tmp_path / "models" / "model.pt",
-            "n_overlays": 0,
-        },
-        timeout=600,
-    )
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = _train_and_evaluate(data, overrides, {"max_epochs": 5}, {"n_overlays": 0}, tmp_path, (1200, 600))
     print("brats metrics:", json.dumps(metrics))
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
