@@ -10,16 +10,20 @@ References:
     - Y. Xiao, X. Huang, W. Liang, J. Liu, Y. Chen, R. Xie, K. Li, N. Ling, "Medical Images Anomaly Detection for
       Imbalanced Datasets with Multi-scale Normalizing Flow" (MS-NF), Computer Science and Information Systems
       22(1), 2025, https://doi.org/10.2298/CSIS240227001X.
+    - Y. Li, S. Lan et al., "Dual-branch Normalizing Flow for Anomaly Detection and Localization from Images"
+      (DNFAD), Sec. 3.3 and Fig. 4: the dynamic spatial attention module (DSAM) and its input-dependent depthwise
+      convolution (IDConv).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.checks import check_int_at_least, check_odd_kernel_size
 
-__all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
+__all__ = ["CBAM", "DSAM", "ChannelAttention", "IDConv", "SpatialAttention"]
 
 
 class ChannelAttention(nn.Module):
@@ -190,3 +194,149 @@ class CBAM(nn.Module):
             the refined feature map :math:`F''`, shape ``(B, C, H, W)``.
         """
         return self.spatial_attention(self.channel_attention(x))
+
+
+class IDConv(nn.Module):
+    r"""Input-dependent depthwise convolution (DNFAD, Sec. 3.3, Fig. 4).
+
+    The kernel is built from the input itself. The input :math:`X \in \mathbb{R}^{C \times H \times W}` is
+    average-pooled to :math:`K \times K`, two 1x1 convolutions turn it into attention logits
+    :math:`A' \in \mathbb{R}^{(G \cdot C) \times K^2}`, reshaped to :math:`G \times C \times K^2` and normalised by a
+    softmax over the :math:`G` groups; the kernel is the attention-weighted sum of :math:`G` learnable kernels
+    :math:`P \in \mathbb{R}^{G \times C \times K^2}`:
+
+    .. math::
+
+        W(X) = \sum_{g=1}^{G} \operatorname{softmax}_g(A'(X))_g \odot P_g \in \mathbb{R}^{C \times K \times K},
+
+    and the output is the depthwise ('same'-padded) convolution of :math:`X` with :math:`W(X)`: every sample gets
+    its own kernel. In DNFAD :math:`C = 2` (the channel-pooled map of :class:`DSAM`).
+
+    Args:
+        channels: channels :math:`C` of the input (one kernel per channel, depthwise).
+        kernel_size: odd kernel size :math:`K`.
+        groups: number :math:`G` of learnable kernels mixed per input.
+        reduction: the hidden layer of the two 1x1 convolutions has ``max(channels // reduction, 1)`` channels.
+
+    Raises:
+        ValueError: when an argument is out of range.
+
+    Example:
+        >>> conv = IDConv(channels=2, kernel_size=3, groups=4)
+        >>> conv(torch.randn(2, 2, 16, 12)).shape
+        torch.Size([2, 2, 16, 12])
+    """
+
+    def __init__(self, channels: int = 2, kernel_size: int = 3, groups: int = 4, reduction: int = 1) -> None:
+        super().__init__()
+        check_int_at_least("channels", channels, 1)
+        check_odd_kernel_size("kernel_size", kernel_size)
+        check_int_at_least("groups", groups, 2)
+        check_int_at_least("reduction", reduction, 1)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.groups = groups
+        hidden = max(channels // reduction, 1)
+        self.pool = nn.AdaptiveAvgPool2d(kernel_size)
+        self.proj = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1),
+            nn.Conv2d(hidden, groups * channels, kernel_size=1),
+        )
+        # P: the G candidate kernels mixed by the input-dependent softmax weights.
+        self.weight = nn.Parameter(torch.empty(groups, channels, kernel_size * kernel_size))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def kernels(self, x: Tensor) -> Tensor:
+        """The per-sample depthwise kernels :math:`W(X)`.
+
+        Args:
+            x: input ``(B, C, H, W)``.
+
+        Returns:
+            kernels of shape ``(B, C, K, K)``.
+        """
+        b = x.shape[0]
+        k2 = self.kernel_size * self.kernel_size
+        logits = self.proj(self.pool(x)).reshape(b, self.groups, self.channels, k2)
+        mixed = (torch.softmax(logits, dim=1) * self.weight.unsqueeze(0)).sum(dim=1)
+        return mixed.reshape(b, self.channels, self.kernel_size, self.kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve every sample of ``x`` ``(B, C, H, W)`` with its own depthwise kernel; same shape out."""
+        b, c, h, w = x.shape
+        kernels = self.kernels(x).reshape(b * c, 1, self.kernel_size, self.kernel_size)
+        # a grouped convolution over the batch folded into channels applies one kernel per (sample, channel)
+        out = F.conv2d(x.reshape(1, b * c, h, w), kernels, padding=self.kernel_size // 2, groups=b * c)
+        return out.reshape(b, c, h, w)
+
+
+class DSAM(nn.Module):
+    r"""Dynamic spatial attention module, the coupling subnet of DNFAD (Sec. 3.3, Fig. 4).
+
+    For the conditioning half :math:`y \in \mathbb{R}^{C_{in} \times H \times W}`:
+
+    .. math::
+
+        S &= \sigma\big(\mathrm{Conv}_{1\times1}(\mathrm{IDConv}([\mathrm{AvgPool}_c(y);
+             \mathrm{MaxPool}_c(y)]))\big) \in \mathbb{R}^{1 \times H \times W}, \\
+        [W_s; W_t] &= \mathrm{Conv}_{k}\big(\mathrm{ReLU}(\mathrm{Conv}_{k}(\mathrm{LN}(S \odot y)))\big),
+
+    where LN is a LayerNorm over the channels at every position and the output has :math:`C_{out}` channels
+    (``2 x`` the transformed half: scale :math:`W_s` and shift :math:`W_t` of the coupling, DNFAD Eqs. 3-6). The
+    last convolution is zero-initialised, so a coupling block built on DSAM starts as the identity.
+
+    Args:
+        c_in: channels of the conditioning half.
+        c_out: output channels (FrEIA passes ``2 x`` the transformed half).
+        hidden_channels: channels of the hidden convolution; ``None`` uses ``c_in``.
+        kernel_size: odd kernel size of the two convolutions.
+        idconv_kernel_size: odd kernel size :math:`K` of the IDConv.
+        idconv_groups: number :math:`G` of IDConv candidate kernels.
+
+    Raises:
+        ValueError: when an argument is out of range.
+
+    Example:
+        >>> dsam = DSAM(8, 16, hidden_channels=12)
+        >>> dsam(torch.randn(2, 8, 10, 6)).shape
+        torch.Size([2, 16, 10, 6])
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        hidden_channels: int | None = None,
+        kernel_size: int = 3,
+        idconv_kernel_size: int = 3,
+        idconv_groups: int = 4,
+    ) -> None:
+        super().__init__()
+        check_int_at_least("c_in", c_in, 1)
+        check_int_at_least("c_out", c_out, 1)
+        hidden = c_in if hidden_channels is None else hidden_channels
+        check_int_at_least("hidden_channels", hidden, 1)
+        check_odd_kernel_size("kernel_size", kernel_size)
+        self.idconv = IDConv(2, idconv_kernel_size, idconv_groups)
+        self.pointwise = nn.Conv2d(2, 1, kernel_size=1)
+        self.norm = nn.LayerNorm(c_in)
+        padding = kernel_size // 2
+        last = nn.Conv2d(hidden, c_out, kernel_size, padding=padding)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.head = nn.Sequential(
+            nn.Conv2d(c_in, hidden, kernel_size, padding=padding),
+            nn.ReLU(inplace=False),
+            last,
+        )
+
+    def score_map(self, y: Tensor) -> Tensor:
+        """Spatial score map :math:`S` in ``(0, 1)``, shape ``(B, 1, H, W)``, for ``y`` ``(B, C_in, H, W)``."""
+        pooled = torch.cat([torch.mean(y, dim=1, keepdim=True), torch.amax(y, dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.pointwise(self.idconv(pooled)))
+
+    def forward(self, y: Tensor) -> Tensor:
+        """Coupling coefficients ``[W_s; W_t]``, shape ``(B, C_out, H, W)``."""
+        attended = y * self.score_map(y)
+        normed = self.norm(attended.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(normed)

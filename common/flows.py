@@ -27,7 +27,7 @@ import torch
 from monai.utils import LossReduction, look_up_option
 from torch import Tensor, nn
 
-from common.attention import CBAM
+from common.attention import CBAM, DSAM
 from common.checks import check_int_at_least, check_odd_kernel_size
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "build_coupling_flow",
     "cbam_subnet_constructor",
     "conv_subnet_constructor",
+    "dsam_subnet_constructor",
     "flow_nll",
     "invert_flow",
     "run_flow",
@@ -145,6 +146,44 @@ def conv_subnet_constructor(hidden_channels: int = 128, kernel_size: int = 3) ->
     check_int_at_least("hidden_channels", hidden_channels, 1)
     check_odd_kernel_size("kernel_size", kernel_size)
     return functools.partial(_conv_subnet, hidden_channels=hidden_channels, kernel_size=kernel_size, reduction=None)
+
+
+def dsam_subnet_constructor(
+    hidden_channels: int | None = None,
+    kernel_size: int = 3,
+    idconv_kernel_size: int = 3,
+    idconv_groups: int = 4,
+) -> SubnetConstructor:
+    """Subnet factory of DNFAD's dynamic flow module: ``subnet(c_in, c_out)`` is a :class:`common.attention.DSAM`.
+
+    Inside :func:`build_coupling_flow` this gives DNFAD's dynamic coupling (Eqs. 3-6): each half is scaled and
+    shifted by coefficients that DSAM computes from the other half with an input-dependent depthwise kernel. The
+    last convolution is zero-initialised, so every block starts as the identity.
+
+    Args:
+        hidden_channels: hidden width of DSAM's two convolutions; ``None`` uses the subnet's input channels.
+        kernel_size: odd kernel size of DSAM's two convolutions.
+        idconv_kernel_size: odd kernel size of the IDConv.
+        idconv_groups: number of IDConv candidate kernels.
+
+    Returns:
+        a picklable callable ``subnet(c_in, c_out) -> nn.Module`` for FrEIA's ``subnet_constructor``.
+
+    Raises:
+        ValueError: when an argument is out of range.
+    """
+    if hidden_channels is not None:
+        check_int_at_least("hidden_channels", hidden_channels, 1)
+    check_odd_kernel_size("kernel_size", kernel_size)
+    check_odd_kernel_size("idconv_kernel_size", idconv_kernel_size)
+    check_int_at_least("idconv_groups", idconv_groups, 2)
+    return functools.partial(
+        DSAM,
+        hidden_channels=hidden_channels,
+        kernel_size=kernel_size,
+        idconv_kernel_size=idconv_kernel_size,
+        idconv_groups=idconv_groups,
+    )
 
 
 class _AtanSoftClamp:
