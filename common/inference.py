@@ -5,6 +5,13 @@ For every input file the runner writes ``<stem>_anomaly.nii.gz`` (float32, on th
 score). A bad file is reported with its name and skipped, the rest of the batch completes, every output is written
 under a temporary name and renamed, and inputs are only read.
 
+Extra outputs: a network may also define ``forward_outputs(x)`` returning a dict of ``(B, C, H, W)`` tensors with the
+anomaly map under ``"anomaly"`` and further named images (e.g. a translated healthy image under ``"healthy"``).
+The runner then makes one pass per slice batch, stitches every output back onto the input's grid like the anomaly
+map, and writes each extra one as ``<stem>_<name>.nii.gz`` (``<stem>_<name>_c<k>.nii.gz`` per channel when it has
+several). Extra outputs are written as the network returns them (no foreground masking). Networks without the
+method are run as before.
+
 The runner is a plain loop rather than MONAI's ``SupervisedEvaluator``: an evaluator stops at the first file its
 data loader cannot read, while a batch run over clinical folders must report that file and go on.
 """
@@ -31,17 +38,31 @@ from common.training import load_checkpoint
 from common.volumes import LoadedImage, SliceSettings, SliceWiseInferer, load_record, select_slices, write_map
 
 __all__ = [
+    "ANOMALY_OUTPUT",
+    "OUTPUTS_METHOD",
     "AnomalyInference",
     "InferenceSummary",
     "VolumeRunner",
+    "has_extra_outputs",
     "list_input_files",
     "predict_volume",
+    "predict_volume_outputs",
     "write_csv_atomic",
 ]
 
 logger = logging.getLogger(__name__)
 
 SKIPPED_FOLDERS = ("ground_truth", "brain_mask")
+OUTPUTS_METHOD = "forward_outputs"
+"""Optional network method returning ``{"anomaly": map, <name>: image, ...}`` (the extra-output protocol)."""
+ANOMALY_OUTPUT = "anomaly"
+_RESERVED_OUTPUTS = (ANOMALY_OUTPUT, "mask")
+
+
+def has_extra_outputs(network: nn.Module) -> bool:
+    """Whether ``network`` implements the extra-output protocol (a callable ``forward_outputs``)."""
+    model = network.module if hasattr(network, "module") else network
+    return callable(getattr(model, OUTPUTS_METHOD, None))
 
 
 def list_input_files(folder: str | Path) -> list[Path]:
@@ -75,6 +96,64 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Sequence[Seq
 
 
 @torch.inference_mode()
+def predict_volume_outputs(
+    network: nn.Module,
+    loaded: LoadedImage,
+    scorer: MapScorer,
+    device: torch.device | str,
+    sw_batch_size: int = 16,
+    amp: bool = True,
+    extra_outputs: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Anomaly maps, slice scores and the network's extra outputs for a loaded file.
+
+    Args:
+        network: a detector in eval mode mapping ``(B, 1, H, W)`` to ``(B, 1, H, W)``; with ``extra_outputs`` and a
+            ``forward_outputs`` method, that method is run instead (one pass for all outputs).
+        loaded: the normalised image with its foreground.
+        scorer: smoothing, foreground restriction and image score.
+        device: where to run.
+        sw_batch_size: slices per forward pass.
+        amp: bf16 autocast on CUDA.
+        extra_outputs: also return the extra outputs of networks that have them.
+
+    Returns:
+        ``(maps, slice_scores, extras)``: maps of the volume's shape ``(X, Y, Z)`` (zero outside the foreground),
+        one score per slice along the slicing axis, and each extra output as a float32 ``(C, X, Y, Z)`` array
+        (empty when the network has none or ``extra_outputs`` is off).
+
+    Raises:
+        ValueError: when ``forward_outputs`` returns no ``"anomaly"`` entry or uses a reserved name.
+    """
+    device = torch.device(device)
+    image = torch.from_numpy(loaded.image)[None, None].to(device)
+    inferer = SliceWiseInferer(spatial_dim=loaded.axis, sw_batch_size=sw_batch_size)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    use_outputs = extra_outputs and has_extra_outputs(network)
+    model = network.module if hasattr(network, "module") else network
+    with autocast:
+        raw = inferer(image, getattr(model, OUTPUTS_METHOD) if use_outputs else network)
+    extras: dict[str, np.ndarray] = {}
+    if use_outputs:
+        if not isinstance(raw, dict) or ANOMALY_OUTPUT not in raw:
+            names = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            msg = f"{type(model).__name__}.{OUTPUTS_METHOD} must return a dict with {ANOMALY_OUTPUT!r}, got {names}"
+            raise ValueError(msg)
+        for name, value in raw.items():
+            if name == ANOMALY_OUTPUT:
+                continue
+            if name in _RESERVED_OUTPUTS or not str(name).isidentifier():
+                msg = f"extra output name {name!r} is reserved or not an identifier (reserved: {_RESERVED_OUTPUTS})"
+                raise ValueError(msg)
+            extras[str(name)] = value[0].float().cpu().numpy()
+        raw = raw[ANOMALY_OUTPUT]
+    slices = raw[0, 0].float().movedim(loaded.axis, 0)[:, None]
+    foreground = torch.from_numpy(loaded.foreground).to(device).movedim(loaded.axis, 0)[:, None]
+    maps = scorer.maps(slices, foreground)
+    scores = scorer.image_scores(maps, foreground)
+    return maps[:, 0].movedim(0, loaded.axis).cpu().numpy(), scores.cpu().numpy(), extras
+
+
 def predict_volume(
     network: nn.Module,
     loaded: LoadedImage,
@@ -97,17 +176,8 @@ def predict_volume(
         ``(maps, slice_scores)``: maps of the volume's shape ``(X, Y, Z)`` (zero outside the foreground) and one
         score per slice along the slicing axis.
     """
-    device = torch.device(device)
-    image = torch.from_numpy(loaded.image)[None, None].to(device)
-    inferer = SliceWiseInferer(spatial_dim=loaded.axis, sw_batch_size=sw_batch_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
-    with autocast:
-        raw = inferer(image, network)
-    slices = raw[0, 0].float().movedim(loaded.axis, 0)[:, None]
-    foreground = torch.from_numpy(loaded.foreground).to(device).movedim(loaded.axis, 0)[:, None]
-    maps = scorer.maps(slices, foreground)
-    scores = scorer.image_scores(maps, foreground)
-    return maps[:, 0].movedim(0, loaded.axis).cpu().numpy(), scores.cpu().numpy()
+    maps, scores, _ = predict_volume_outputs(network, loaded, scorer, device, sw_batch_size, amp, extra_outputs=False)
+    return maps, scores
 
 
 @dataclass
@@ -181,9 +251,18 @@ class VolumeRunner:
 
     def predict(self, loaded: LoadedImage) -> tuple[np.ndarray, np.ndarray, list[int], float]:
         """Maps, slice scores, the scored slice indices and the volume score of a loaded file."""
-        maps, scores = predict_volume(self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp)
+        maps, scores, selected, vol_score, _ = self.predict_outputs(loaded, extra_outputs=False)
+        return maps, scores, selected, vol_score
+
+    def predict_outputs(
+        self, loaded: LoadedImage, extra_outputs: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, list[int], float, dict[str, np.ndarray]]:
+        """As :meth:`predict`, plus the network's extra outputs (``{name: (C, X, Y, Z)}``, see the module doc)."""
+        maps, scores, extras = predict_volume_outputs(
+            self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp, extra_outputs
+        )
         selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
-        return maps, scores, selected, volume_score(scores[selected], self.volume_method)
+        return maps, scores, selected, volume_score(scores[selected], self.volume_method), extras
 
 
 class AnomalyInference(VolumeRunner):
@@ -191,12 +270,25 @@ class AnomalyInference(VolumeRunner):
 
     Args:
         write_masks: also write ``<stem>_mask.nii.gz`` at the calibrated pixel threshold.
+        write_extra_outputs: also write the network's extra outputs, ``<stem>_<name>.nii.gz`` (networks with a
+            ``forward_outputs`` method only; see the module doc).
         **kwargs: the arguments of :class:`VolumeRunner`.
     """
 
-    def __init__(self, *args: Any, write_masks: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, write_masks: bool = True, write_extra_outputs: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.write_masks = write_masks
+        self.write_extra_outputs = write_extra_outputs
+
+    def _write_extras(self, extras: dict[str, np.ndarray], path: Path, stem: str, is_volume: bool) -> list[Path]:
+        """Write each extra output on the input's grid; one file per channel when it has several."""
+        written = []
+        for name, value in extras.items():
+            for channel, array in enumerate(value):
+                suffix = name if len(value) == 1 else f"{name}_c{channel}"
+                out = array if is_volume else array[..., 0]
+                written.append(write_map(out, path, self.output_dir / f"{stem}_{suffix}.nii.gz"))
+        return written
 
     def _output_stems(self, files: Sequence[Path]) -> list[str]:
         """Output stems: the file stem; clashing stems get their folder path, then their suffix, then a counter."""
@@ -247,12 +339,13 @@ class AnomalyInference(VolumeRunner):
             try:
                 if isinstance(loaded, Exception):
                     raise loaded
-                maps, scores, selected, vol_score = self.predict(loaded)
+                maps, scores, selected, vol_score, extras = self.predict_outputs(loaded, self.write_extra_outputs)
                 out_maps = maps if loaded.is_volume else maps[..., 0]
                 written = [write_map(out_maps, path, self.output_dir / f"{stem}_anomaly.nii.gz")]
                 if self.write_masks and thresholds is not None:
                     mask = (out_maps > thresholds[0]).astype(np.float32)
                     written.append(write_map(mask, path, self.output_dir / f"{stem}_mask.nii.gz"))
+                written.extend(self._write_extras(extras, path, stem, loaded.is_volume))
             except Exception as error:  # one bad file must not stop the batch
                 message = str(error) if str(path) in str(error) else f"{path}: {error}"
                 logger.error("skipped %s", message)

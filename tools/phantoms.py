@@ -496,6 +496,8 @@ def write_dataset(
     size: int = 128,
     depth: int = 48,
     seed: int = 0,
+    n_mixed_good: int = 0,
+    n_mixed_lesion: int = 0,
 ) -> Path:
     """Write a phantom dataset in the layout of ``DESIGN.md``.
 
@@ -507,6 +509,9 @@ def write_dataset(
         out_dir/ground_truth/lesion/<stem>_mask.png      2D masks, 0/255
         out_dir/ground_truth/lesion/<stem>.nii.gz        3D masks, uint8 0/1
         out_dir/brain_mask/{good,lesion}/<stem>.nii.gz   3D only: brain masks, uint8 0/1
+        out_dir/train/mixed/<stem>.png|.nii.gz           optional unlabelled mix (``mixed_0000``, ...): healthy and
+                                                         lesioned images in a fixed random order, no masks
+        out_dir/brain_mask/mixed/<stem>.nii.gz           3D only, with ``train/mixed``: its brain masks
 
     2D images are 8-bit grayscale PNGs. 3D images are float32 NIfTI volumes with the affine of
     :func:`volume_affine`; masks share it. Every file is written to a temporary name and then renamed. Each file's
@@ -521,6 +526,9 @@ def write_dataset(
         size: in-plane size in pixels (>= 32).
         depth: number of axial slices of a 3D volume (>= 8; ignored in 2D).
         seed: non-negative base seed.
+        n_mixed_good: healthy images in the unlabelled ``train/mixed`` folder (>= 0).
+        n_mixed_lesion: lesioned images in ``train/mixed`` (>= 0); the folder is written only when the two sum
+            to more than 0, and the files of the other splits do not depend on these two arguments.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -538,6 +546,8 @@ def write_dataset(
     if dims == 3:
         _check_count("depth", depth, _MIN_DEPTH)
     _check_count("seed", seed, 0)
+    _check_count("n_mixed_good", n_mixed_good, 0)
+    _check_count("n_mixed_lesion", n_mixed_lesion, 0)
 
     out = Path(out_dir)
     splits = (
@@ -569,7 +579,33 @@ def write_dataset(
                 _write_atomic(out / "brain_mask" / label / f"{stem}.nii.gz", _nifti_bytes(brain, affine))
                 if lesion:
                     _write_atomic(out / "ground_truth" / "lesion" / f"{stem}.nii.gz", _nifti_bytes(mask, affine))
+    _write_mixed(out, dims, int(n_mixed_good), int(n_mixed_lesion), shape, affine, int(seed))
     return out
+
+
+def _write_mixed(
+    out: Path, dims: int, n_good: int, n_lesion: int, shape: tuple[int, int, int], affine: np.ndarray, seed: int
+) -> None:
+    """Write ``train/mixed``: ``n_good`` healthy and ``n_lesion`` lesioned images, shuffled, without labels."""
+    total = n_good + n_lesion
+    if total == 0:
+        return
+    lesions = np.zeros(total, dtype=bool)
+    lesions[:n_lesion] = True
+    np.random.default_rng([seed, 3]).shuffle(lesions)
+    (out / "train" / "mixed").mkdir(parents=True, exist_ok=True)
+    if dims == 3:
+        (out / "brain_mask" / "mixed").mkdir(parents=True, exist_ok=True)
+    for index, lesion in enumerate(lesions):
+        rng = np.random.default_rng([seed, 4, index])
+        stem = f"mixed_{index:04d}"
+        if dims == 2:
+            image, _, _ = make_slice(rng, shape[0], lesion=bool(lesion))
+            _write_atomic(out / "train" / "mixed" / f"{stem}.png", _png_bytes(np.round(image * 255.0).astype(np.uint8)))
+        else:
+            image, _, brain = make_volume(rng, shape, lesion=bool(lesion))
+            _write_atomic(out / "train" / "mixed" / f"{stem}.nii.gz", _nifti_bytes(image, affine))
+            _write_atomic(out / "brain_mask" / "mixed" / f"{stem}.nii.gz", _nifti_bytes(brain, affine))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -593,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="in-plane size in pixels (default 128)")
     parser.add_argument("--depth", type=int, default=48, help="axial slices per volume, 3D only (default 48)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    parser.add_argument(
+        "--n-mixed-good", type=int, default=0, help="healthy images in the unlabelled train/mixed folder (default 0)"
+    )
+    parser.add_argument(
+        "--n-mixed-lesion", type=int, default=0, help="lesioned images in the unlabelled train/mixed folder (default 0)"
+    )
     args = parser.parse_args(argv)
     try:
         out = write_dataset(
@@ -604,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
             size=args.size,
             depth=args.depth,
             seed=args.seed,
+            n_mixed_good=args.n_mixed_good,
+            n_mixed_lesion=args.n_mixed_lesion,
         )
     except ValueError as err:
         parser.error(str(err))
@@ -617,6 +661,11 @@ def main(argv: list[str] | None = None) -> int:
         counts["ground_truth/lesion"] = args.n_test_lesion
         counts["brain_mask/good"] = args.n_train + args.n_test_good
         counts["brain_mask/lesion"] = args.n_test_lesion
+    n_mixed = args.n_mixed_good + args.n_mixed_lesion
+    if n_mixed:
+        counts["train/mixed"] = n_mixed
+        if args.dims == 3:
+            counts["brain_mask/mixed"] = n_mixed
     print(f"Wrote {grid} phantom {kind} (seed {args.seed}) to {out}:")
     for folder, count in counts.items():
         print(f"  {out / folder}: {count} files")
