@@ -119,6 +119,12 @@ class FeatureExtractor(nn.Module):
             :meth:`fit_statistics`; ``None`` means "only for random initialisation".
         min_std: floor on the per-channel standard deviation (relative to the median channel's), so that
             near-constant channels are not amplified into noise.
+        backbone_in_channels: input channels of the backbone's first convolution when they differ from
+            ``in_channels``; a 1-channel image is then repeated to that many channels (a 3-channel teacher on
+            grayscale slices, as teacher-student detectors use ImageNet-style encoders). ``None``: ``in_channels``.
+        input_mean: per-channel mean subtracted from the (repeated) input before the backbone, e.g. ImageNet's
+            ``(0.485, 0.456, 0.406)`` for a torchvision teacher; ``None``: no input normalisation.
+        input_std: per-channel standard deviation the input is divided by (with ``input_mean``).
 
     Example:
         >>> extractor = FeatureExtractor("resnet18", in_channels=1)
@@ -135,12 +141,38 @@ class FeatureExtractor(nn.Module):
         standardize: bool = True,
         recalibrate_batchnorm: bool | None = None,
         min_std: float = 0.05,
+        backbone_in_channels: int | None = None,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if min_std < 0:
             msg = f"min_std must be >= 0, got {min_std}"
             raise ValueError(msg)
-        self.model = build_backbone(backbone, in_channels, out_indices, weights)
+        model_channels = in_channels if backbone_in_channels is None else int(backbone_in_channels)
+        if model_channels != in_channels and in_channels != 1:
+            msg = (
+                f"backbone_in_channels={model_channels} needs in_channels=1 (a grayscale image is repeated), "
+                f"got in_channels={in_channels}"
+            )
+            raise ValueError(msg)
+        if (input_mean is None) != (input_std is None):
+            msg = f"input_mean and input_std must be given together, got {input_mean} and {input_std}"
+            raise ValueError(msg)
+        if input_mean is not None and not len(input_mean) == len(input_std) == model_channels:
+            msg = f"input_mean and input_std need {model_channels} values each, got {input_mean} and {input_std}"
+            raise ValueError(msg)
+        if input_std is not None and min(input_std) <= 0:
+            msg = f"input_std must be positive, got {input_std}"
+            raise ValueError(msg)
+        self.in_channels = in_channels
+        self.backbone_in_channels = model_channels
+        self.normalize_input = input_mean is not None
+        mean = torch.tensor(list(input_mean) if input_mean is not None else [0.0] * model_channels)
+        std = torch.tensor(list(input_std) if input_std is not None else [1.0] * model_channels)
+        self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
+        self.model = build_backbone(backbone, model_channels, out_indices, weights)
         self.model.requires_grad_(False)
         self.model.eval()
         self.standardize = standardize
@@ -158,6 +190,14 @@ class FeatureExtractor(nn.Module):
         super().train(mode)
         self.model.eval()
         return self
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat a 1-channel image ``(B, 1, H, W)`` to the backbone's channels and normalise it (if configured)."""
+        if x.shape[1] != self.backbone_in_channels and x.shape[1] == 1:
+            x = x.expand(-1, self.backbone_in_channels, -1, -1)
+        if self.normalize_input:
+            x = (x - self.input_mean) / self.input_std
+        return x
 
     @torch.no_grad()
     def fit_statistics(self, images: Iterable[torch.Tensor], device: torch.device | str | None = None) -> None:
@@ -180,7 +220,7 @@ class FeatureExtractor(nn.Module):
                 m.momentum = None  # cumulative average over all batches
             self.model.train()
             for batch in batches:
-                self.model(batch.to(device))
+                self.model(self.prepare_input(batch.to(device)))
             self.model.eval()
             for m, momentum in zip(norms, momenta, strict=True):
                 m.momentum = momentum
@@ -188,7 +228,7 @@ class FeatureExtractor(nn.Module):
         squares = [torch.zeros(c, dtype=torch.float64, device=device) for c in self.channels]
         counts = [0] * len(self.channels)
         for batch in batches:
-            for level, feature in enumerate(self.model(batch.to(device))):
+            for level, feature in enumerate(self.model(self.prepare_input(batch.to(device)))):
                 feature = feature.double()
                 sums[level] += feature.sum(dim=(0, 2, 3))
                 squares[level] += (feature**2).sum(dim=(0, 2, 3))
@@ -208,7 +248,7 @@ class FeatureExtractor(nn.Module):
         """Extract the features of ``x`` ``(B, C, H, W)``: a list of ``(B, C_l, H / s_l, W / s_l)`` tensors."""
         self.model.eval()
         with torch.no_grad():
-            features = self.model(x)
+            features = self.model(self.prepare_input(x))
         if not self.standardize:
             return list(features)
         return [(f - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}") for i, f in enumerate(features)]

@@ -205,3 +205,45 @@ def test_bad_weights_file_raises_value_error_naming_path(tmp_path: Path, make, e
 def test_unknown_backbone_name_raises_value_error() -> None:
     with pytest.raises(ValueError, match="resnet_does_not_exist"):
         FeatureExtractor("resnet_does_not_exist")
+
+
+def test_grayscale_is_repeated_for_a_three_channel_backbone() -> None:
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(
+        "resnet18", in_channels=1, out_indices=(1, 4), standardize=False, backbone_in_channels=3
+    )
+    assert extractor.model.conv1.in_channels == 3
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = extractor.model(x.expand(-1, 3, -1, -1))
+    for got, want in zip(extractor(x), expected, strict=True):
+        torch.testing.assert_close(got, want)
+    extractor.fit_statistics(_batches(n=1), "cpu")  # 1-channel training batches are repeated there too
+    assert bool(extractor.fitted)
+
+
+def test_input_normalisation_is_applied_before_the_backbone() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    extractor = FeatureExtractor(
+        "resnet18", in_channels=1, standardize=False, backbone_in_channels=3, input_mean=mean, input_std=std
+    )
+    x = torch.rand(1, 1, 32, 32)
+    prepared = extractor.prepare_input(x)
+    torch.testing.assert_close(prepared[:, 2], (x[:, 0] - mean[2]) / std[2])
+    assert "input_mean" not in extractor.state_dict()  # not persistent: older checkpoints still load
+
+
+BAD_INPUT_OPTIONS = [
+    # repetition needs a grayscale input
+    ({"in_channels": 2, "backbone_in_channels": 3}, "backbone_in_channels"),
+    # mean without std
+    ({"backbone_in_channels": 3, "input_mean": (0.5, 0.5, 0.5)}, "input_std"),
+    # wrong number of values
+    ({"backbone_in_channels": 3, "input_mean": (0.5,), "input_std": (0.2,)}, "3 values"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "word"), BAD_INPUT_OPTIONS, ids=["not-gray", "mean-only", "length"])
+def test_bad_input_options_raise(kwargs: dict, word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        FeatureExtractor("resnet18", **{"in_channels": 1, **kwargs})

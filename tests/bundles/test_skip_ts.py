@@ -1,0 +1,393 @@
+"""Skip-TS bundle: network and loss unit tests, the real configs end to end, bad input, and learning checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from tests.bundles.conftest import REPO_ROOT, SCHEMA, load_bundle_scripts, shared_dataset
+from tools.bundles import BundleRunError, run_bundle
+from tools.phantoms import write_dataset
+
+BUNDLE = REPO_ROOT / "bundles" / "skip_ts"
+CONFIGS = BUNDLE / "configs"
+# A small input for fast CPU tests (paper: 256 x 256).
+TINY = {"image_size": [64, 64]}
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return load_bundle_scripts("skip_ts")
+
+
+SHAPE_CASES = [
+    # the paper's input size, ResNet18 teacher
+    ("resnet18", (256, 256)),
+    # non-square size whose feature maps have odd sizes (50x42 -> 25x21 -> 13x11 -> 7x6)
+    ("resnet18", (200, 168)),
+    # the paper's teacher, non-square
+    ("wide_resnet50_2", (96, 64)),
+]
+
+
+@pytest.mark.parametrize(("teacher", "size"), SHAPE_CASES, ids=["resnet18-256", "resnet18-200x168", "wrn50-96x64"])
+def test_student_features_match_teacher_shapes_at_every_level(scripts, teacher, size):
+    torch.manual_seed(0)
+    net = scripts.network.SkipTS(image_size=size, teacher=teacher).eval()
+    with torch.no_grad():
+        out = net.forward_train(torch.rand(2, 1, *size))
+    assert len(out.teacher) == len(out.student) == 3
+    for level, (t, s) in enumerate(zip(out.teacher, out.student, strict=True), start=1):
+        assert t.shape == s.shape, f"level {level}: teacher {tuple(t.shape)} vs student {tuple(s.shape)}"
+        assert t.shape[-2:] == torch.Size(-(-d // 2 ** (level + 1)) for d in size)
+    assert [t.shape[1] for t in out.teacher] == net.extractor.channels[:3]
+
+
+@pytest.mark.parametrize(("batch", "height", "width"), [(2, 64, 64), (1, 48, 80)], ids=["square", "non-square"])
+def test_eval_output_is_one_channel_map_at_input_size(scripts, batch, height, width):
+    torch.manual_seed(0)
+    net = scripts.network.SkipTS(image_size=(64, 64)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(batch, 1, height, width))
+    assert out.shape == (batch, 1, height, width)
+    assert torch.isfinite(out).all()
+    # a sum of three 1 - cos maps, each in [0, 2]
+    assert (out >= -1e-5).all() and (out <= 6 + 1e-5).all()
+
+
+def test_map_levels_select_the_summed_maps(scripts):
+    torch.manual_seed(0)
+    net = scripts.network.SkipTS(image_size=(64, 64)).eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        full = net(x)
+        parts = []
+        for level in (1, 2, 3):
+            net.map_levels = [level]
+            parts.append(net(x))
+    torch.testing.assert_close(full, sum(parts), rtol=1e-5, atol=1e-5)
+
+
+def test_training_step_updates_student_and_leaves_teacher_unchanged(scripts):
+    torch.manual_seed(0)
+    net = scripts.network.SkipTS(image_size=(64, 64))
+    net.train()
+    assert not net.teacher.training and not any(m.training for m in net.teacher.modules())
+    assert net.student.training
+    teacher_before = {k: v.clone() for k, v in net.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in net.student.state_dict().items()}
+    params = [p for p in net.parameters() if p.requires_grad]
+    assert all(not p.requires_grad for p in net.teacher.parameters())
+    optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+    loss = scripts.loss.SkipTSLoss()(net.forward_train(torch.rand(4, 1, 64, 64)))
+    loss.backward()
+    grads = [p.grad for p in net.student.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    optimizer.step()
+    for key, value in net.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    changed = [k for k, v in net.student.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert changed, "the student did not change"
+
+
+def test_without_skip_connections_the_student_ignores_intermediate_teacher_features(scripts):
+    torch.manual_seed(0)
+    teacher = [torch.rand(1, c, s, s) for c, s in ((64, 16), (128, 8), (256, 4), (512, 2))]
+    altered = [t.clone() for t in teacher]
+    altered[1] += 1.0
+    altered[2] += 1.0
+    for skip, same in ((False, True), (True, False)):
+        decoder = scripts.network.StudentDecoder([64, 128, 256, 512], skip_connections=skip).eval()
+        with torch.no_grad():
+            equal = torch.equal(decoder(teacher)[0], decoder(altered)[0])
+        assert equal is same, f"skip_connections={skip}"
+
+
+def test_mac_loss_is_zero_for_identical_maps_and_positive_otherwise(scripts):
+    mac = scripts.loss.multiscale_anomaly_consistency
+    torch.manual_seed(0)
+    base = torch.rand(2, 1, 8, 8)
+    # the same map at three resolutions: bilinear upsampling of a constant map changes nothing
+    constant = [torch.full((2, 1, s, s), 0.3) for s in (16, 8, 4)]
+    assert float(mac([base, base.clone(), base.clone()])) == 0.0
+    assert float(mac(constant)) == pytest.approx(0.0, abs=1e-12)
+    other = base.clone()
+    other[0, 0, 2, 2] += 0.5
+    assert float(mac([base, other])) == pytest.approx(0.25 / base[0, 0].numel() / 2)
+    assert float(mac([base, torch.rand(2, 1, 4, 4)])) > 0
+
+
+def test_loss_terms_follow_equations_2_to_5(scripts):
+    loss_module = scripts.loss
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    student = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    maps = [loss_module.cosine_distance_map(t, s) for t, s in zip(teacher, student, strict=True)]
+    sim = sum(m.mean() for m in maps)
+    mac = loss_module.multiscale_anomaly_consistency(maps)
+    assert float(mac) > 0
+    full = loss_module.SkipTSLoss(alpha=1.0, beta=0.05)((teacher, student))
+    torch.testing.assert_close(full, sim + 0.05 * mac)
+    torch.testing.assert_close(loss_module.SkipTSLoss(beta=0.0)((teacher, student)), sim)
+    mse = sum(torch.mean((t - s) ** 2) for t, s in zip(teacher, student, strict=True))
+    torch.testing.assert_close(loss_module.SkipTSLoss(beta=0.0, similarity="mse")((teacher, student)), mse)
+    assert float(loss_module.SkipTSLoss()((teacher, teacher))) == pytest.approx(0.0, abs=1e-6)
+    # eq. 1 against a hand-computed pair: orthogonal vectors give 1, opposite vectors give 2
+    a = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    assert float(loss_module.cosine_distance_map(a, torch.tensor([0.0, 3.0]).view(1, 2, 1, 1))) == pytest.approx(1.0)
+    assert float(loss_module.cosine_distance_map(a, -a)) == pytest.approx(2.0)
+
+
+def test_teacher_weights_load_from_a_local_torchvision_state_dict(scripts, tmp_path, caplog):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    with caplog.at_level(logging.WARNING):
+        net = scripts.network.SkipTS(image_size=(64, 64), teacher_weights=str(path))
+    assert "random weights" not in caplog.text
+    own = net.teacher.state_dict()
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
+        assert torch.equal(own[key], reference.state_dict()[key]), key
+    # the teacher computes what torchvision computes on the repeated, ImageNet-normalised grayscale image
+    x = torch.rand(1, 1, 64, 64)
+    reference.eval()
+    normalised = (
+        x.expand(-1, 3, -1, -1) - torch.tensor(scripts.network.IMAGENET_MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(scripts.network.IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(normalised)))))
+        torch.testing.assert_close(net.extractor(x)[0], expected)
+
+
+def test_random_teacher_logs_a_warning(scripts, caplog):
+    with caplog.at_level(logging.WARNING):
+        scripts.network.SkipTS(image_size=(64, 64))
+    assert "random weights" in caplog.text and "ImageNet" in caplog.text
+
+
+BAD_CONFIGS = [
+    # unknown teacher
+    ({"teacher": "vgg16"}, "teacher"),
+    # map levels outside {1, 2, 3}
+    ({"map_levels": [0, 4]}, "map_levels"),
+    # image size below the teacher's minimum
+    ({"image_size": (16, 16)}, "image_size"),
+    # a missing teacher weight file
+    ({"teacher_weights": "/nonexistent/resnet18.pth"}, "resnet18.pth"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "word"), BAD_CONFIGS, ids=["teacher", "map-levels", "image-size", "weights"])
+def test_bad_configuration_raises(scripts, kwargs, word):
+    with pytest.raises((ValueError, FileNotFoundError), match=word):
+        scripts.network.SkipTS(**kwargs)
+
+
+def test_bad_loss_configuration_raises(scripts):
+    with pytest.raises(ValueError, match="similarity"):
+        scripts.loss.SkipTSLoss(similarity="l1")
+    with pytest.raises(ValueError, match="beta"):
+        scripts.loss.SkipTSLoss(beta=-1.0)
+
+
+@pytest.fixture(scope="module")
+def phantoms_3d(tmp_path_factory) -> Path:
+    return write_dataset(
+        tmp_path_factory.mktemp("ph3d") / "data", dims=3, n_train=4, n_test_good=1, n_test_lesion=2, size=48, depth=12
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "workflow_type"), [("train.json", "train"), ("inference.json", "infer")], ids=["train", "infer"]
+)
+def test_configs_define_the_bundle_properties(phantoms_3d, tmp_path, config, workflow_type):
+    sys.path.insert(0, str(BUNDLE))
+    try:
+        workflow = ConfigWorkflow(
+            config_file=str(CONFIGS / config),
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"),
+            workflow_type=workflow_type,
+            dataset_dir=str(phantoms_3d),
+            output_dir=str(tmp_path),
+            bundle_root=str(BUNDLE),
+        )
+        workflow.initialize()
+        assert not workflow.check_properties()
+    finally:
+        sys.path.remove(str(BUNDLE))
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[name]  # another bundle's tests import their own ``scripts``
+
+
+def test_train_config_holds_the_paper_settings():
+    config = json.loads((CONFIGS / "train.json").read_text())
+    assert config["learning_rate"] == 0.005
+    assert config["betas"] == [0.5, 0.999]
+    assert config["batch_size"] == 16
+    assert config["image_size"] == [256, 256]
+    assert (config["alpha"], config["beta"], config["similarity"]) == (1.0, 0.05, "cosine")
+    assert (config["score_method"], config["smoothing_sigma"]) == ("max", 4.0)
+    assert config["teacher_weights"] is None
+    for name in ("inference.json", "evaluate.json"):
+        other = json.loads((CONFIGS / name).read_text())
+        for key in ("image_size", "teacher", "skip_connections", "map_levels", "score_method", "smoothing_sigma"):
+            assert other[key] == config[key], f"{name}: {key}"
+
+
+def test_metadata_verifies_against_the_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"{SCHEMA} is absent")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--filepath",
+            str(SCHEMA),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(phantoms_3d, tmp_path_factory) -> Path:
+    """Train for one epoch through ``python -m monai.bundle run training`` (real config)."""
+    out = tmp_path_factory.mktemp("skip_ts_run")
+    run_bundle(
+        "skip_ts",
+        "train.json",
+        "training",
+        {
+            **TINY,
+            "dataset_dir": phantoms_3d,
+            "max_epochs": 1,
+            "batch_size": 8,
+            "ckpt_dir": out / "models",
+            "output_dir": out / "train",
+        },
+        timeout=600,
+    )
+    return out / "models" / "model.pt"
+
+
+def test_training_writes_checkpoint_with_calibration(trained_tiny):
+    state = torch.load(trained_tiny, map_location="cpu", weights_only=True)
+    assert np.isfinite(float(state["calibration.pixel_threshold"]))
+    assert np.isfinite(float(state["calibration.image_threshold"]))
+    assert bool(state["extractor.fitted"])
+    assert any(k.startswith("student.decoders.2.up.") for k in state)
+    settings = state["calibration._extra_state"]
+    assert settings["preprocessing"]["image_size"] == TINY["image_size"]
+    assert settings["scoring"] == {"method": "max", "topk_fraction": 0.01, "smoothing_sigma": 4.0}
+
+
+def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
+    (inputs / good.name).write_bytes(good.read_bytes())
+    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    out = tmp_path / "out"
+    run_bundle(
+        "skip_ts",
+        "inference.json",
+        "run",
+        {**TINY, "dataset_dir": inputs, "output_dir": out, "ckpt_path": trained_tiny},
+        timeout=300,
+    )
+    reference = nib.load(good)
+    anomaly = nib.load(out / good.name.replace(".nii.gz", "_anomaly.nii.gz"))
+    assert anomaly.shape == reference.shape
+    assert np.allclose(anomaly.affine, reference.affine)
+    assert anomaly.get_data_dtype() == np.float32
+    assert np.isfinite(anomaly.get_fdata()).all()
+    assert (out / good.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and {r["file"] for r in rows} == {str(inputs / good.name)}
+    assert len(rows) == reference.shape[2]
+    assert all(np.isfinite(float(r["slice_score"])) for r in rows)
+    with open(out / "failed.csv") as handle:
+        failed = {Path(r["file"]).name: r["error"] for r in csv.DictReader(handle)}
+    assert set(failed) == {"corrupt.nii.gz"}
+    assert "cannot be read" in failed["corrupt.nii.gz"]
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
+
+
+def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
+    run_bundle(
+        "skip_ts",
+        "evaluate.json",
+        "run",
+        {**TINY, "dataset_dir": phantoms_3d, "output_dir": tmp_path, "ckpt_path": trained_tiny},
+        timeout=300,
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_auroc_foreground", "aupro", "best_dice"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert metrics["n_volumes"] == 3
+    for name in ("roc_image.png", "score_histogram.png", "overlays.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    with pytest.raises(BundleRunError) as info:
+        run_bundle(
+            "skip_ts",
+            "train.json",
+            "training",
+            {**TINY, "dataset_dir": dataset, "max_epochs": 1, "ckpt_dir": tmp_path / "models"},
+            timeout=300,
+        )
+    assert "train/good" in str(info.value)
+    assert "Epoch" not in str(info.value)
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def _train_and_evaluate(data: Path, overrides: dict, train: dict, out: Path, timeouts: tuple[int, int]) -> dict:
+    """Train through ``train.json`` then evaluate through ``evaluate.json``; returns ``metrics.json``."""
+    run_bundle(
+        "skip_ts",
+        "train.json",
+        "training",
+        {**overrides, **train, "dataset_dir": data, "ckpt_dir": out / "models", "output_dir": out / "train"},
+        timeout=timeouts[0],
+    )
+    run_bundle(
+        "skip_ts",
+        "evaluate.json",
+        "run",
+        {
+            **overrides,
+            "n_overlays": 0,
+            "dataset_dir": data,
+            "output_dir": out / "eval",
+            "ckpt_path": out / "models" / "model.pt",
+        },
+        timeout=timeouts[1],
+    )
+    return json.loads((out / "eval" / "metrics.json").read_text())
