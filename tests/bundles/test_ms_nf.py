@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from tests.bundles.conftest import REPO_ROOT, SCHEMA, load_bundle_scripts, shared_dataset
-from tools.bundles import BundleRunError, run_bundle
+from tests.bundles import contract
+from tests.bundles.conftest import load_bundle_scripts, shared_dataset
 from tools.phantoms import write_dataset
 
-BUNDLE = REPO_ROOT / "bundles" / "ms_nf"
-CONFIGS = BUNDLE / "configs"
 # A tiny network for fast CPU tests (paper: 256 x 256, 15 blocks, hidden width 128).
 TINY = {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16}
 
@@ -97,183 +89,37 @@ def phantoms_3d(tmp_path_factory) -> Path:
     ("config", "workflow_type"), [("train.json", "train"), ("inference.json", "infer")], ids=["train", "infer"]
 )
 def test_configs_define_the_bundle_properties(phantoms_3d, tmp_path, config, workflow_type):
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / config),
-            meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=str(CONFIGS / "logging.conf"),
-            workflow_type=workflow_type,
-            dataset_dir=str(phantoms_3d),
-            output_dir=str(tmp_path),
-            bundle_root=str(BUNDLE),
-        )
-        workflow.initialize()
-        assert not workflow.check_properties()
-    finally:
-        sys.path.remove(str(BUNDLE))
+    contract.check_config_properties("ms_nf", config, workflow_type, phantoms_3d, tmp_path)
 
 
 def test_metadata_verifies_against_the_schema():
-    if not SCHEMA.is_file():
-        pytest.skip(f"{SCHEMA} is absent")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_metadata",
-            "--meta_file",
-            str(CONFIGS / "metadata.json"),
-            "--filepath",
-            str(SCHEMA),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "metadata is verified with no error" in result.stdout + result.stderr
+    contract.check_metadata_verifies("ms_nf")
 
 
 @pytest.fixture(scope="module")
 def trained_tiny(phantoms_3d, tmp_path_factory) -> Path:
     """Train the tiny network for one epoch through ``python -m monai.bundle run training`` (real config)."""
     out = tmp_path_factory.mktemp("ms_nf_run")
-    run_bundle(
-        "ms_nf",
-        "train.json",
-        "training",
-        {
-            **TINY,
-            "dataset_dir": phantoms_3d,
-            "max_epochs": 1,
-            "batch_size": 8,
-            "ckpt_dir": out / "models",
-            "output_dir": out / "train",
-        },
-        timeout=600,
-    )
-    return out / "models" / "model.pt"
+    return contract.train("ms_nf", {**TINY, "dataset_dir": phantoms_3d, "max_epochs": 1, "batch_size": 8}, out)
 
 
 def test_training_writes_checkpoint_with_calibration(trained_tiny):
-    state = torch.load(trained_tiny, map_location="cpu", weights_only=True)
-    assert np.isfinite(float(state["calibration.pixel_threshold"]))
-    assert np.isfinite(float(state["calibration.image_threshold"]))
+    state = contract.check_checkpoint_calibrated(trained_tiny, TINY["image_size"], "topk_mean")
     assert bool(state["extractor.fitted"])
-    settings = state["calibration._extra_state"]
-    assert settings["preprocessing"]["image_size"] == TINY["image_size"]
-    assert settings["scoring"]["method"] == "topk_mean"
 
 
 def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    good = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    (inputs / good.name).write_bytes(good.read_bytes())
-    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), inputs / "four_d.nii.gz")
-    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
-    out = tmp_path / "out"
-    run_bundle(
-        "ms_nf",
-        "inference.json",
-        "run",
-        {**TINY, "dataset_dir": inputs, "output_dir": out, "ckpt_path": trained_tiny},
-        timeout=300,
-    )
-    reference = nib.load(good)
-    anomaly = nib.load(out / good.name.replace(".nii.gz", "_anomaly.nii.gz"))
-    assert anomaly.shape == reference.shape
-    assert np.allclose(anomaly.affine, reference.affine)
-    assert anomaly.get_data_dtype() == np.float32
-    assert (out / good.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
-    with open(out / "scores.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows and {r["file"] for r in rows} == {str(inputs / good.name)}
-    assert all(np.isfinite(float(r["slice_score"])) for r in rows)
-    with open(out / "failed.csv") as handle:
-        failed = {Path(r["file"]).name: r["error"] for r in csv.DictReader(handle)}
-    assert set(failed) == {"corrupt.nii.gz", "four_d.nii.gz"}
-    assert "cannot be read" in failed["corrupt.nii.gz"]
-    assert "expected a 2D image or a 3D volume" in failed["four_d.nii.gz"]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
-    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
+    lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
+    contract.check_nifti_inference_skips_bad_files("ms_nf", TINY, trained_tiny, lesion, tmp_path)
 
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    run_bundle(
-        "ms_nf",
-        "evaluate.json",
-        "run",
-        {**TINY, "dataset_dir": phantoms_3d, "output_dir": tmp_path, "ckpt_path": trained_tiny},
-        timeout=300,
-    )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in (
-        "image_auroc",
-        "image_ap",
-        "image_f1",
-        "pixel_auroc",
-        "pixel_auroc_foreground",
-        "aupro",
-        "best_dice",
-        "dice",
-        "volume_auroc",
-    ):
-        assert key in metrics, key
-    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
-    assert metrics["n_volumes"] == 3
-    for name in ("roc_image.png", "score_histogram.png", "overlays.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    contract.check_evaluation_outputs("ms_nf", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 @pytest.mark.parametrize("layout", ["empty", "no-train-good"], ids=["empty", "no-train-good"])
 def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
-    dataset = tmp_path / "data"
-    dataset.mkdir()
-    if layout == "no-train-good":
-        (dataset / "images").mkdir()
-        (dataset / "images" / "a.png").write_bytes(b"")
-    with pytest.raises(BundleRunError) as info:
-        run_bundle(
-            "ms_nf",
-            "train.json",
-            "training",
-            {**TINY, "dataset_dir": dataset, "max_epochs": 1, "ckpt_dir": tmp_path / "models"},
-            timeout=300,
-        )
-    assert "train/good" in str(info.value)
-    assert "Epoch" not in str(info.value)
-    assert not (tmp_path / "models" / "model.pt").exists()
-
-
-def _train_and_evaluate(
-    data: Path, overrides: dict, train: dict, evaluate: dict, out: Path, timeouts: tuple[int, int]
-) -> dict:
-    """Train through ``train.json`` then evaluate through ``evaluate.json``; returns ``metrics.json``."""
-    run_bundle(
-        "ms_nf",
-        "train.json",
-        "training",
-        {**overrides, **train, "dataset_dir": data, "ckpt_dir": out / "models", "output_dir": out / "train"},
-        timeout=timeouts[0],
-    )
-    run_bundle(
-        "ms_nf",
-        "evaluate.json",
-        "run",
-        {
-            **overrides,
-            **evaluate,
-            "dataset_dir": data,
-            "output_dir": out / "eval",
-            "ckpt_path": out / "models" / "model.pt",
-        },
-        timeout=timeouts[1],
-    )
-    return json.loads((out / "eval" / "metrics.json").read_text())
+    contract.check_training_fails_on_bad_dataset_dir("ms_nf", TINY, tmp_path, layout)
 
 
 @pytest.mark.slow
@@ -282,7 +128,9 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
     data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
     # a 4-block flow trains stably without the warm-up the 15-block default needs
     overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32, "warmup_iterations": 0}
-    metrics = _train_and_evaluate(data, overrides, {"max_epochs": 6, "batch_size": 8}, {}, tmp_path, (900, 300))
+    metrics = contract.train_and_evaluate(
+        "ms_nf", data, overrides, {"max_epochs": 6, "batch_size": 8}, {}, tmp_path, (900, 300)
+    )
     print("phantom learning metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
     assert metrics["pixel_auroc_foreground"] >= PHANTOM_PIXEL_AUROC_FLOOR, metrics
@@ -302,6 +150,8 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
     """Short CPU training on the real BraTS FLAIR slices; the floor is set from a measured run (docs/README.md)."""
     data = shared_dataset("brats2015_slices")
     overrides = {"image_size": [128, 128], "n_blocks": 4, "warmup_iterations": 0}
-    metrics = _train_and_evaluate(data, overrides, {"max_epochs": 5}, {"n_overlays": 0}, tmp_path, (1200, 600))
+    metrics = contract.train_and_evaluate(
+        "ms_nf", data, overrides, {"max_epochs": 5}, {"n_overlays": 0}, tmp_path, (1200, 600)
+    )
     print("brats metrics:", json.dumps(metrics))
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics

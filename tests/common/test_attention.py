@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.attention import CBAM, ChannelAttention, SpatialAttention
+from common.attention import CBAM, DSAM, ChannelAttention, IDConv, SpatialAttention
 
 SHAPE_CASES = [
     # channels 16 (hidden layer 1), square 8x8, batch 2
@@ -42,6 +42,13 @@ BAD_ARG_CASES = [
     (lambda: CBAM(16, spatial_kernel_size=6), "spatial_kernel_size"),
     # non-integer channel count
     (lambda: CBAM(16.0), "channels"),
+    # IDConv mixes at least two candidate kernels
+    (lambda: IDConv(2, groups=1), "groups"),
+    (lambda: IDConv(2, kernel_size=2), "kernel_size"),
+    # DSAM checks its widths and kernel
+    (lambda: DSAM(0, 4), "c_in"),
+    (lambda: DSAM(4, 8, hidden_channels=0), "hidden_channels"),
+    (lambda: DSAM(4, 8, kernel_size=4), "kernel_size"),
 ]
 BAD_ARG_IDS = [
     "channel-channels0",
@@ -52,6 +59,11 @@ BAD_ARG_IDS = [
     "cbam-reduction-1",
     "cbam-kernel-even",
     "cbam-channels-float",
+    "idconv-groups1",
+    "idconv-kernel-even",
+    "dsam-cin0",
+    "dsam-hidden0",
+    "dsam-kernel-even",
 ]
 
 
@@ -158,3 +170,68 @@ def test_cbam_maps_zero_to_zero() -> None:
 def test_bad_arguments_raise(make, arg_name: str) -> None:
     with pytest.raises(ValueError, match=rf"^{arg_name} must"):
         make()
+
+
+IDCONV_SHAPES = [
+    # the DSAM case: 2 pooled channels, square map, batch 2
+    (2, 3, 4, (2, 2, 8, 8)),
+    # more channels, 5x5 kernel, non-square map, batch 3
+    (6, 5, 3, (3, 6, 7, 11)),
+    # map smaller than the kernel grid: adaptive pooling still gives K x K
+    (2, 3, 2, (1, 2, 2, 3)),
+]
+
+
+@pytest.mark.parametrize(("channels", "kernel", "groups", "shape"), IDCONV_SHAPES, ids=["dsam", "c6-k5", "tiny-map"])
+def test_idconv_shapes(channels: int, kernel: int, groups: int, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    conv = IDConv(channels, kernel_size=kernel, groups=groups)
+    x = torch.randn(*shape)
+    assert conv(x).shape == x.shape
+    assert conv.kernels(x).shape == (shape[0], channels, kernel, kernel)
+
+
+def test_idconv_kernel_depends_on_the_input() -> None:
+    torch.manual_seed(0)
+    conv = IDConv(2, kernel_size=3, groups=4)
+    a, b = torch.randn(1, 2, 9, 9), 3.0 * torch.randn(1, 2, 9, 9) + 1.0
+    kernels = conv.kernels(torch.cat([a, b]))
+    assert not torch.allclose(kernels[0], kernels[1])
+    # each sample is convolved with its own kernel: batching does not mix samples
+    assert torch.allclose(conv(torch.cat([a, b]))[1:], conv(b), atol=1e-6)
+    # the kernel is a convex combination of the G learnable kernels (softmax over G)
+    low, high = conv.weight.min(dim=0).values, conv.weight.max(dim=0).values
+    flat = kernels.flatten(2)
+    assert ((flat >= low - 1e-7) & (flat <= high + 1e-7)).all()
+
+
+def test_idconv_applies_a_depthwise_convolution_with_its_kernels() -> None:
+    torch.manual_seed(1)
+    conv = IDConv(2, kernel_size=3, groups=3)
+    x = torch.randn(2, 2, 6, 5)
+    kernels = conv.kernels(x)
+    for i in range(2):
+        expected = torch.nn.functional.conv2d(x[i : i + 1], kernels[i].unsqueeze(1), padding=1, groups=2)
+        assert torch.allclose(conv(x)[i : i + 1], expected, atol=1e-6)
+
+
+def test_dsam_shapes_score_map_and_zero_start() -> None:
+    torch.manual_seed(0)
+    dsam = DSAM(8, 16, hidden_channels=12)
+    y = torch.randn(3, 8, 10, 6)
+    out = dsam(y)
+    assert out.shape == (3, 16, 10, 6)
+    # zero-initialised last convolution: a coupling block built on DSAM starts as the identity
+    assert torch.equal(out, torch.zeros_like(out))
+    score = dsam.score_map(y)
+    assert score.shape == (3, 1, 10, 6)
+    assert ((score > 0) & (score < 1)).all()
+
+
+def test_dsam_gradients_reach_the_dynamic_kernel() -> None:
+    torch.manual_seed(0)
+    dsam = DSAM(4, 8)
+    torch.nn.init.normal_(dsam.head[-1].weight, std=0.1)
+    dsam(torch.randn(2, 4, 6, 6)).square().sum().backward()
+    assert dsam.idconv.weight.grad is not None and dsam.idconv.weight.grad.abs().sum() > 0
+    assert dsam.idconv.proj[0].weight.grad.abs().sum() > 0

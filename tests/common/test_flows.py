@@ -17,6 +17,7 @@ from common.flows import (
     build_coupling_flow,
     cbam_subnet_constructor,
     conv_subnet_constructor,
+    dsam_subnet_constructor,
     flow_nll,
     invert_flow,
     run_flow,
@@ -27,8 +28,10 @@ SUBNETS = [
     cbam_subnet_constructor(hidden_channels=16, reduction=4),
     # Conv -> ReLU -> Conv, no attention
     conv_subnet_constructor(hidden_channels=16),
+    # DSAM (IDConv spatial attention -> LayerNorm -> Conv -> ReLU -> Conv), DNFAD's dynamic coupling
+    dsam_subnet_constructor(hidden_channels=16, idconv_groups=3),
 ]
-SUBNET_IDS = ["cbam", "conv"]
+SUBNET_IDS = ["cbam", "conv", "dsam"]
 
 SCENARIOS = [
     # 4 channels, square 6x6, batch 2

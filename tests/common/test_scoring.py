@@ -32,6 +32,10 @@ SCORE_CASES = [
     ("topk_mean", 0.01, True, 5.0),
     # fraction 1 equals the mean
     ("topk_mean", 1.0, True, 8.0 / 3.0),
+    # top-k in probability space, k = 2 of the foreground: -log((e^-5 + e^-2) / 2)
+    ("topk_probability", 0.5, True, -math.log((math.exp(-5.0) + math.exp(-2.0)) / 2.0)),
+    # top-k in probability space over all pixels, k = 3: -log((e^-6 + e^-5 + e^-4) / 3)
+    ("topk_probability", 0.5, False, -math.log((math.exp(-6.0) + math.exp(-5.0) + math.exp(-4.0)) / 3.0)),
 ]
 SCORE_IDS = [
     "max-all",
@@ -42,6 +46,8 @@ SCORE_IDS = [
     "topk-half-fg",
     "topk-tiny-fg",
     "topk-one-fg",
+    "topk-probability-fg",
+    "topk-probability-all",
 ]
 
 
@@ -216,3 +222,19 @@ def test_calibration_state_dict_round_trip(tmp_path: Path) -> None:
     # settings are a copy: changing the restored one leaves the original intact
     restored.calibration.settings["scorer"] = {}
     assert parent.calibration.settings == settings
+
+
+def test_topk_probability_does_not_underflow_and_ranks_like_the_probability_score() -> None:
+    # negative log-probabilities of hundreds: exp(-m) is 0 in float32, the score must still order the maps
+    scorer = MapScorer("topk_probability", topk_fraction=0.5)
+    maps = torch.tensor([[[[300.0, 400.0]]], [[[300.0, 500.0]]], [[[200.0, 250.0]]]])
+    assert torch.exp(-maps).eq(0).all()
+    scores = scorer.image_scores(maps)
+    assert torch.isfinite(scores).all()
+    # k = 1: the score is the largest negative log-probability, i.e. the smallest probability
+    assert torch.allclose(scores, torch.tensor([400.0, 500.0, 250.0]))
+    # the paper's score "mean of the top k of (max P - P)" in float64 ranks the same way on mild maps
+    mild = maps / 100.0
+    paper = [float((1.0 - torch.exp(-m.double())).flatten().topk(1).values.mean()) for m in mild]
+    ours = scorer.image_scores(mild).tolist()
+    assert np.argsort(paper).tolist() == np.argsort(ours).tolist()

@@ -1,0 +1,210 @@
+"""Checks every bundle must pass (DESIGN.md's bundle contract), shared by the per-bundle test modules.
+
+Each function drives a bundle the way a user does (``python -m monai.bundle`` in a subprocess, or MONAI's
+``ConfigWorkflow``) and asserts what the contract promises; the bundle test modules call them with their own tiny
+network settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from tests.bundles.conftest import REPO_ROOT, SCHEMA
+from tools.bundles import BundleRunError, run_bundle
+
+METRIC_KEYS = (
+    "image_auroc",
+    "image_ap",
+    "image_f1",
+    "pixel_auroc",
+    "pixel_auroc_foreground",
+    "aupro",
+    "best_dice",
+    "dice",
+    "volume_auroc",
+)
+
+
+def configs_dir(bundle: str) -> Path:
+    """``bundles/<bundle>/configs``."""
+    return REPO_ROOT / "bundles" / bundle / "configs"
+
+
+def check_config_properties(bundle: str, config: str, workflow_type: str, dataset_dir: Path, output_dir: Path) -> None:
+    """The config initialises as a MONAI ``ConfigWorkflow`` and defines every required bundle property."""
+    root = REPO_ROOT / "bundles" / bundle
+    sys.path.insert(0, str(root))
+    try:
+        workflow = ConfigWorkflow(
+            config_file=str(configs_dir(bundle) / config),
+            meta_file=str(configs_dir(bundle) / "metadata.json"),
+            logging_file=str(configs_dir(bundle) / "logging.conf"),
+            workflow_type=workflow_type,
+            dataset_dir=str(dataset_dir),
+            output_dir=str(output_dir),
+            bundle_root=str(root),
+        )
+        workflow.initialize()
+        assert not workflow.check_properties()
+    finally:
+        sys.path.remove(str(root))
+
+
+def check_metadata_verifies(bundle: str) -> None:
+    """``metadata.json`` passes ``verify_metadata`` offline against MONAI's schema (skipped when it is absent)."""
+    if not SCHEMA.is_file():
+        pytest.skip(f"{SCHEMA} is absent")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(configs_dir(bundle) / "metadata.json"),
+            "--filepath",
+            str(SCHEMA),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def train(bundle: str, overrides: Mapping[str, Any], out: Path, timeout: int = 600) -> Path:
+    """Train through ``train.json`` (``python -m monai.bundle run training``); returns the final ``model.pt``."""
+    run_bundle(
+        bundle,
+        "train.json",
+        "training",
+        {**overrides, "ckpt_dir": out / "models", "output_dir": out / "train"},
+        timeout=timeout,
+    )
+    return out / "models" / "model.pt"
+
+
+def check_checkpoint_calibrated(checkpoint: Path, image_size: list[int], score_method: str) -> dict[str, Any]:
+    """The final checkpoint holds finite thresholds, fitted feature statistics and the training settings."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert np.isfinite(float(state["calibration.pixel_threshold"]))
+    assert np.isfinite(float(state["calibration.image_threshold"]))
+    settings = state["calibration._extra_state"]
+    assert settings["preprocessing"]["image_size"] == image_size
+    assert settings["scoring"]["method"] == score_method
+    return state
+
+
+def check_nifti_inference_skips_bad_files(
+    bundle: str, overrides: Mapping[str, Any], checkpoint: Path, lesion_volume: Path, tmp_path: Path
+) -> None:
+    """Folder inference writes maps on the input grid and ``scores.csv``, reports bad files, never touches inputs."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / lesion_volume.name).write_bytes(lesion_volume.read_bytes())
+    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), inputs / "four_d.nii.gz")
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    out = tmp_path / "out"
+    run_bundle(
+        bundle,
+        "inference.json",
+        "run",
+        {**overrides, "dataset_dir": inputs, "output_dir": out, "ckpt_path": checkpoint},
+        timeout=300,
+    )
+    reference = nib.load(lesion_volume)
+    anomaly = nib.load(out / lesion_volume.name.replace(".nii.gz", "_anomaly.nii.gz"))
+    assert anomaly.shape == reference.shape
+    assert np.allclose(anomaly.affine, reference.affine)
+    assert anomaly.get_data_dtype() == np.float32
+    assert np.isfinite(np.asarray(anomaly.dataobj)).all()
+    assert (out / lesion_volume.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
+    with open(out / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and {r["file"] for r in rows} == {str(inputs / lesion_volume.name)}
+    assert all(np.isfinite(float(r["slice_score"])) for r in rows)
+    with open(out / "failed.csv") as handle:
+        failed = {Path(r["file"]).name: r["error"] for r in csv.DictReader(handle)}
+    assert set(failed) == {"corrupt.nii.gz", "four_d.nii.gz"}
+    assert "cannot be read" in failed["corrupt.nii.gz"]
+    assert "expected a 2D image or a 3D volume" in failed["four_d.nii.gz"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
+
+
+def check_evaluation_outputs(
+    bundle: str, overrides: Mapping[str, Any], checkpoint: Path, dataset_dir: Path, out: Path, n_volumes: int
+) -> dict[str, Any]:
+    """``evaluate.json`` writes ``metrics.json`` with every documented key, and its plots."""
+    run_bundle(
+        bundle,
+        "evaluate.json",
+        "run",
+        {**overrides, "dataset_dir": dataset_dir, "output_dir": out, "ckpt_path": checkpoint},
+        timeout=300,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert metrics["n_volumes"] == n_volumes
+    for name in ("roc_image.png", "score_histogram.png", "overlays.png"):
+        assert (out / name).stat().st_size > 0
+    return metrics
+
+
+def check_training_fails_on_bad_dataset_dir(
+    bundle: str, overrides: Mapping[str, Any], tmp_path: Path, layout: str
+) -> None:
+    """Training stops before its first epoch with a one-line layout error naming ``train/good``."""
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    if layout == "no-train-good":
+        (dataset / "images").mkdir()
+        (dataset / "images" / "a.png").write_bytes(b"")
+    with pytest.raises(BundleRunError) as info:
+        run_bundle(
+            bundle,
+            "train.json",
+            "training",
+            {**overrides, "dataset_dir": dataset, "max_epochs": 1, "ckpt_dir": tmp_path / "models"},
+            timeout=300,
+        )
+    assert "train/good" in str(info.value)
+    assert "Epoch" not in str(info.value)
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def train_and_evaluate(
+    bundle: str,
+    data: Path,
+    overrides: Mapping[str, Any],
+    train_overrides: Mapping[str, Any],
+    evaluate_overrides: Mapping[str, Any],
+    out: Path,
+    timeouts: tuple[int, int],
+) -> dict[str, Any]:
+    """Train through ``train.json`` then evaluate through ``evaluate.json``; returns ``metrics.json``."""
+    checkpoint = train(bundle, {**overrides, **train_overrides, "dataset_dir": data}, out, timeout=timeouts[0])
+    run_bundle(
+        bundle,
+        "evaluate.json",
+        "run",
+        {**overrides, **evaluate_overrides, "dataset_dir": data, "output_dir": out / "eval", "ckpt_path": checkpoint},
+        timeout=timeouts[1],
+    )
+    return json.loads((out / "eval" / "metrics.json").read_text())
