@@ -278,3 +278,77 @@ def test_predict_volume_maps_and_slice_scores(axis: int) -> None:
     assert not foreground.any(axis=others).all()  # some slices have no foreground
     # maps are zero outside the foreground, so slices without foreground score 0 and the others their foreground max
     np.testing.assert_allclose(scores, expected.max(axis=others), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# extra outputs (forward_outputs protocol)
+
+
+class WithExtras(DistanceFromHalf):
+    """Anomaly map |x - 0.5| plus named extra images: ``healthy`` = 1 - x, and a two-channel ``pair`` (x, 2x)."""
+
+    def __init__(self, outputs: tuple[str, ...] = ("healthy",)) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = {"anomaly": self(x), "healthy": 1.0 - x, "pair": torch.cat([x, 2 * x], dim=1), "mask": x}
+        return {name: values[name] for name in ("anomaly", *self.outputs)}
+
+
+def _run_extras(tmp_path: Path, network: nn.Module, **kwargs):
+    inputs = tmp_path / "in"
+    arrays = _make_inputs(inputs)
+    network.calibration.set_thresholds(PIXEL_THRESHOLD, IMAGE_THRESHOLD)
+    runner = AnomalyInference(
+        network, inputs, tmp_path / "out", _settings(), MapScorer("max"), device="cpu", sw_batch_size=4, **kwargs
+    )
+    return inputs, tmp_path / "out", arrays, runner.run()
+
+
+def test_extra_outputs_are_written_on_the_input_grid(tmp_path: Path) -> None:
+    inputs, out, arrays, summary = _run_extras(tmp_path, WithExtras(("healthy", "pair")))
+    names = sorted(p.name for p in summary.written)
+    assert names == sorted(
+        f"{stem}_{suffix}.nii.gz"
+        for stem in ("brain", "photo")
+        for suffix in ("anomaly", "mask", "healthy", "pair_c0", "pair_c1")
+    )
+    source = nib.load(str(inputs / "brain.nii.gz"))
+    healthy = nib.load(str(out / "brain_healthy.nii.gz"))
+    assert healthy.shape == VOLUME_SHAPE
+    np.testing.assert_allclose(healthy.affine, source.affine)
+    np.testing.assert_allclose(healthy.get_fdata(), 1.0 - arrays["brain"] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(nib.load(str(out / "brain_pair_c1.nii.gz")).get_fdata(), 2 * arrays["brain"] / 255.0)
+    photo = nib.load(str(out / "photo_healthy.nii.gz"))
+    assert photo.shape == PNG_HW[::-1]
+    np.testing.assert_allclose(photo.get_fdata(), 1.0 - arrays["photo"] / 255.0, atol=1e-6)
+    # the anomaly map and the scores are those of the plain forward pass
+    np.testing.assert_allclose(
+        nib.load(str(out / "brain_anomaly.nii.gz")).get_fdata(), np.abs(arrays["brain"] / 255.0 - 0.5), atol=1e-6
+    )
+
+
+def test_extra_outputs_can_be_switched_off(tmp_path: Path) -> None:
+    _, out, _, summary = _run_extras(tmp_path, WithExtras(), write_extra_outputs=False)
+    assert sorted(p.name for p in summary.written) == [
+        "brain_anomaly.nii.gz",
+        "brain_mask.nii.gz",
+        "photo_anomaly.nii.gz",
+        "photo_mask.nii.gz",
+    ]
+
+
+def test_reserved_extra_output_name_fails_the_file_with_a_message(tmp_path: Path) -> None:
+    _, _, _, summary = _run_extras(tmp_path, WithExtras(("mask",)))
+    failed = dict(summary.failed)
+    assert any(path.endswith("brain.nii.gz") for path in failed)
+    assert all("reserved" in message for path, message in failed.items() if path.endswith(("brain.nii.gz", ".png")))
+
+
+def test_predict_volume_ignores_extra_outputs() -> None:
+    image = np.random.default_rng(0).random(VOLUME_SHAPE).astype(np.float32)
+    loaded = LoadedImage(ImageRecord(Path("v.nii.gz")), image, np.ones(VOLUME_SHAPE, bool), None, True, 2)
+    maps, scores = predict_volume(WithExtras().eval(), loaded, MapScorer("max"), "cpu")
+    np.testing.assert_allclose(maps, np.abs(image - 0.5), atol=1e-6)
+    assert scores.shape == (VOLUME_SHAPE[2],)

@@ -260,3 +260,48 @@ def test_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main([str(tmp_path / "cli3"), "--size", "8"])
     assert exc.value.code == 2
     assert "size" in capsys.readouterr().err
+
+
+MIXED_CASES = [
+    # 2D: PNG slices, no masks, no brain masks
+    ({"dims": 2, "size": 40}, ".png"),
+    # 3D: NIfTI volumes with brain masks under brain_mask/mixed
+    ({"dims": 3, "size": 32, "depth": 8}, ".nii.gz"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "suffix"), MIXED_CASES, ids=["2d", "3d"])
+def test_write_dataset_mixed_folder(tmp_path: Path, kwargs: dict, suffix: str) -> None:
+    common = {"n_train": 2, "n_test_good": 1, "n_test_lesion": 1, "seed": 5, **kwargs}
+    plain = write_dataset(tmp_path / "plain", **common)
+    out = write_dataset(tmp_path / "mixed", n_mixed_good=3, n_mixed_lesion=2, **common)
+    assert not (plain / "train" / "mixed").exists()
+    assert _files(out / "train" / "mixed") == [f"mixed_{i:04d}{suffix}" for i in range(5)]
+    # the other splits do not depend on the mixed folder
+    for folder in ("train/good", "test/good", "test/lesion"):
+        for name in _files(plain / folder):
+            assert (plain / folder / name).read_bytes() == (out / folder / name).read_bytes()
+    assert _files(out / "ground_truth" / "lesion") == _files(plain / "ground_truth" / "lesion")  # mixed is unlabelled
+    if kwargs["dims"] == 3:
+        assert _files(out / "brain_mask" / "mixed") == _files(out / "train" / "mixed")
+    if kwargs["dims"] == 2:
+        # exactly 2 of the 5 images are lesioned renderings of their own seed, the others healthy ones
+        lesioned = []
+        for index, name in enumerate(_files(out / "train" / "mixed")):
+            with Image.open(out / "train" / "mixed" / name) as im:
+                stored = np.asarray(im)
+            renders = {
+                flag: np.round(make_slice(np.random.default_rng([5, 4, index]), 40, lesion=flag)[0] * 255).astype(
+                    np.uint8
+                )
+                for flag in (False, True)
+            }
+            matches = [flag for flag, image in renders.items() if np.array_equal(image, stored)]
+            assert len(matches) == 1, name
+            lesioned.append(matches[0])
+        assert sum(lesioned) == 2
+
+
+def test_write_dataset_mixed_bad_count(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="n_mixed_lesion"):
+        write_dataset(tmp_path / "bad", n_mixed_lesion=-1)
