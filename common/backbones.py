@@ -75,6 +75,7 @@ def build_backbone(
     in_channels: int = 1,
     out_indices: Sequence[int] = (1, 2, 3),
     weights: str | Path | None = None,
+    zero_init_last: bool | None = None,
 ) -> nn.Module:
     """Build a timm feature backbone (``features_only``) that returns the requested stages.
 
@@ -83,6 +84,8 @@ def build_backbone(
         in_channels: image channels (1 for grayscale; the first convolution is built for it).
         out_indices: stages to return (timm numbering, 1..3 = the first three residual stages of a ResNet).
         weights: local weight file, or ``None`` for random initialisation.
+        zero_init_last: for random ResNet-type initialisation, zero the last BatchNorm of every residual block
+            (timm's default); ``None`` means ``False`` (residual branches active, see the module docstring).
 
     Returns:
         The timm feature model; ``model.feature_info.channels()`` and ``.reduction()`` describe its outputs.
@@ -97,7 +100,7 @@ def build_backbone(
         raise ValueError(msg)
     kwargs = {}
     if weights is None and name.startswith(("resnet", "wide_resnet", "resnext")):
-        kwargs["zero_init_last"] = False
+        kwargs["zero_init_last"] = bool(zero_init_last)
     model = timm.create_model(
         name, pretrained=False, features_only=True, out_indices=tuple(out_indices), in_chans=in_channels, **kwargs
     )
@@ -125,6 +128,7 @@ class FeatureExtractor(nn.Module):
         input_mean: per-channel mean subtracted from the (repeated) input before the backbone, e.g. ImageNet's
             ``(0.485, 0.456, 0.406)`` for a torchvision teacher; ``None``: no input normalisation.
         input_std: per-channel standard deviation the input is divided by (with ``input_mean``).
+        zero_init_last: passed to :func:`build_backbone` (random initialisation only).
 
     Example:
         >>> extractor = FeatureExtractor("resnet18", in_channels=1)
@@ -144,6 +148,7 @@ class FeatureExtractor(nn.Module):
         backbone_in_channels: int | None = None,
         input_mean: Sequence[float] | None = None,
         input_std: Sequence[float] | None = None,
+        zero_init_last: bool | None = None,
     ) -> None:
         super().__init__()
         if min_std < 0:
@@ -172,7 +177,7 @@ class FeatureExtractor(nn.Module):
         std = torch.tensor(list(input_std) if input_std is not None else [1.0] * model_channels)
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
-        self.model = build_backbone(backbone, model_channels, out_indices, weights)
+        self.model = build_backbone(backbone, model_channels, out_indices, weights, zero_init_last)
         self.model.requires_grad_(False)
         self.model.eval()
         self.standardize = standardize

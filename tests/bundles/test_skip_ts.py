@@ -171,6 +171,26 @@ def test_teacher_weights_load_from_a_local_torchvision_state_dict(scripts, tmp_p
         torch.testing.assert_close(net.extractor(x)[0], expected)
 
 
+RANDOM_TEACHER_CASES = [
+    # timm's default random init: residual branches silenced by a zero last BatchNorm, BatchNorm statistics kept
+    ("timm", True, False),
+    # residual branches active, BatchNorm statistics re-estimated on training images
+    ("recalibrated", False, True),
+]
+
+
+@pytest.mark.parametrize(("mode", "zeroed", "recalibrated"), RANDOM_TEACHER_CASES, ids=["timm", "recalibrated"])
+def test_random_teacher_initialisation_modes(scripts, mode, zeroed, recalibrated):
+    torch.manual_seed(0)
+    net = scripts.network.SkipTS(image_size=(64, 64), random_teacher=mode)
+    last_norms = [block.bn2.weight for block in net.teacher.layer2]
+    assert all(bool((w == 0).all()) is zeroed for w in last_norms)
+    assert net.extractor.recalibrate_batchnorm is recalibrated
+    net.extractor.fit_statistics([torch.rand(4, 1, 64, 64)])
+    running_mean = net.teacher.layer3[0].bn1.running_mean
+    assert bool((running_mean == 0).all()) is not recalibrated
+
+
 def test_random_teacher_logs_a_warning(scripts, caplog):
     with caplog.at_level(logging.WARNING):
         scripts.network.SkipTS(image_size=(64, 64))
@@ -391,3 +411,38 @@ def _train_and_evaluate(data: Path, overrides: dict, train: dict, out: Path, tim
         timeout=timeouts[1],
     )
     return json.loads((out / "eval" / "metrics.json").read_text())
+
+
+# Floors sit below measured runs (seed 0, 2-core CPU; bundles/skip_ts/docs/README.md, "Test floors").
+PHANTOM_IMAGE_AUROC_FLOOR = 0.0
+BRATS_PIXEL_AUROC_FLOOR = None
+HEADCT_IMAGE_AUROC_FLOOR = None
+
+
+@pytest.mark.slow
+def test_learns_to_detect_phantom_lesions(tmp_path):
+    """Short CPU training on 2D phantoms with a random teacher."""
+    data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
+    metrics = _train_and_evaluate(data, TINY, {"max_epochs": 20, "batch_size": 8}, tmp_path, (600, 300))
+    print("phantom learning metrics:", json.dumps(metrics))
+    assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_brats_slices_pixel_auroc_floor(tmp_path):
+    """Short CPU training on the real BraTS FLAIR slices (128x128, random teacher)."""
+    data = shared_dataset("brats2015_slices")
+    metrics = _train_and_evaluate(data, {"image_size": [128, 128]}, {"max_epochs": 4}, tmp_path, (600, 300))
+    print("brats metrics:", json.dumps(metrics))
+    assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_headct_image_auroc_floor(tmp_path):
+    """Short CPU training on the real head CT images (128x128, random teacher); no masks, image level only."""
+    data = shared_dataset("headct")
+    metrics = _train_and_evaluate(data, {"image_size": [128, 128]}, {"max_epochs": 6}, tmp_path, (600, 300))
+    print("headct metrics:", json.dumps(metrics))
+    assert metrics["image_auroc"] >= HEADCT_IMAGE_AUROC_FLOOR, metrics

@@ -31,10 +31,19 @@ from common.scoring import Calibration
 
 from .loss import cosine_distance_map
 
-__all__ = ["DECODER_SPECS", "IMAGENET_MEAN", "IMAGENET_STD", "SkipTS", "SkipTSTrainOutput", "StudentDecoder"]
+__all__ = [
+    "DECODER_SPECS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RANDOM_TEACHERS",
+    "SkipTS",
+    "SkipTSTrainOutput",
+    "StudentDecoder",
+]
 
 logger = logging.getLogger(__name__)
 
+RANDOM_TEACHERS = ("recalibrated", "timm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -197,6 +206,10 @@ class SkipTS(nn.Module):
             post-ReLU features as the paper does with a pretrained teacher.
         normalize_input: normalise the 3-channel teacher input with ImageNet mean and standard deviation (what a
             torchvision teacher expects).
+        random_teacher: how a random teacher (no ``teacher_weights``) is initialised: ``"recalibrated"`` (residual
+            branches active, BatchNorm statistics re-estimated on training images, as :mod:`common.backbones` does
+            for MS-NF) or ``"timm"`` (timm's default: zero-initialised last BatchNorm of each residual block,
+            untouched BatchNorm statistics, the random-init teacher of anomalib's reverse distillation).
         from_checkpoint: the weights (teacher included) will be loaded from a trained ``model.pt``; silences the
             random-teacher warning (inference and evaluation configs).
 
@@ -219,6 +232,7 @@ class SkipTS(nn.Module):
         map_levels: Sequence[int] = (1, 2, 3),
         standardize_features: bool = False,
         normalize_input: bool = True,
+        random_teacher: str = "timm",
         from_checkpoint: bool = False,
     ) -> None:
         super().__init__()
@@ -231,6 +245,9 @@ class SkipTS(nn.Module):
         levels = sorted({int(level) for level in map_levels})
         if not levels or not set(levels) <= {1, 2, 3}:
             msg = f"map_levels must be a non-empty subset of [1, 2, 3], got {list(map_levels)}"
+            raise ValueError(msg)
+        if random_teacher not in RANDOM_TEACHERS:
+            msg = f"random_teacher must be one of {RANDOM_TEACHERS}, got {random_teacher!r}"
             raise ValueError(msg)
         if in_channels not in (1, 3):
             msg = f"in_channels must be 1 (grayscale) or 3, got {in_channels}"
@@ -252,6 +269,8 @@ class SkipTS(nn.Module):
             backbone_in_channels=3,
             input_mean=IMAGENET_MEAN if normalize_input else None,
             input_std=IMAGENET_STD if normalize_input else None,
+            recalibrate_batchnorm=teacher_weights is None and random_teacher == "recalibrated",
+            zero_init_last=random_teacher == "timm",
         )
         block, n_blocks, width_factor = DECODER_SPECS[teacher]
         self.student = StudentDecoder(self.extractor.channels, block, n_blocks, width_factor, skip_connections)
