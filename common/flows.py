@@ -33,6 +33,7 @@ from common.checks import check_int_at_least, check_odd_kernel_size
 __all__ = [
     "FlowNLLLoss",
     "FlowOutput",
+    "LocalFlowOutput",
     "SubnetConstructor",
     "build_coupling_flow",
     "cbam_subnet_constructor",
@@ -40,7 +41,9 @@ __all__ = [
     "dsam_subnet_constructor",
     "flow_nll",
     "invert_flow",
+    "position_nll",
     "run_flow",
+    "run_flow_with_local_log_det",
 ]
 
 SubnetConstructor = Callable[[int, int], nn.Module]
@@ -58,6 +61,21 @@ class FlowOutput(NamedTuple):
 
     z: Tensor
     log_jac_det: Tensor
+
+
+class LocalFlowOutput(NamedTuple):
+    r"""Output of a flow's forward pass with the log-determinant split over positions.
+
+    Attributes:
+        z: latent, same shape as the flow's input ``(B, C, H, W)``.
+        log_jac_det: :math:`\log|\det J|` per sample, shape ``(B,)``.
+        log_jac_map: the share of every position, shape ``(B, 1, H, W)``: the sum over blocks and channels of the
+            coupling log-scales :math:`s` at that position. It sums to ``log_jac_det`` over the positions.
+    """
+
+    z: Tensor
+    log_jac_det: Tensor
+    log_jac_map: Tensor
 
 
 def _conv_subnet(
@@ -326,6 +344,75 @@ def run_flow(flow: nn.Module, x: Tensor) -> FlowOutput:
     if not torch.is_tensor(log_jac_det):  # a flow of fixed transforms only returns a Python number
         log_jac_det = x.new_full((x.shape[0],), float(log_jac_det))
     return FlowOutput(z=z, log_jac_det=log_jac_det)
+
+
+def run_flow_with_local_log_det(flow: nn.Module, x: Tensor) -> LocalFlowOutput:
+    r"""Run a coupling flow forward and split its log-determinant over the spatial positions.
+
+    An affine coupling block scales element :math:`(c, h, w)` by :math:`e^{s_{c,h,w}}`, and its Jacobian is
+    triangular, so :math:`\log|\det J| = \sum_{c,h,w} s_{c,h,w}` (Glow, Eq. 7 of MS-NF). Summing :math:`s` over the
+    channels only gives every position's share, :math:`\ell_{h,w} = \sum_k \sum_c s^{(k)}_{c,h,w}`; with 1x1
+    subnets this is exactly the log-determinant of the per-position map (DNFAD Eq. 12), and in general it lets a
+    loss weigh positions (e.g. leave out image background). The log-scales are read from the subnets' outputs
+    with forward hooks and soft-clamped the way the block does; permutations contribute nothing.
+
+    Args:
+        flow: a FrEIA ``SequenceINN`` of ``GLOWCouplingBlock``s and permutations (e.g. :func:`build_coupling_flow`).
+        x: input features ``(B, C, H, W)``.
+
+    Returns:
+        ``LocalFlowOutput(z, log_jac_det, log_jac_map)``.
+
+    Raises:
+        ValueError: when ``x`` is not ``(B, C, H, W)`` with the flow's channel count.
+        TypeError: when the flow holds a block whose log-determinant this function cannot split.
+    """
+    _check_flow_input(flow, x, "x")
+    shares: list[Tensor] = []
+    handles = []
+
+    def _record(block: Fm.GLOWCouplingBlock, scale_channels: int):
+        def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+            s = block.clamp * block.f_clamp(output[:, :scale_channels])
+            shares.append(s.sum(dim=1, keepdim=True))
+
+        return hook
+
+    for module in flow.modules():
+        if isinstance(module, Fm.GLOWCouplingBlock):
+            # subnet2 gives the scales of the first half (split_len1 channels), subnet1 those of the second
+            handles.append(module.subnet2.register_forward_hook(_record(module, module.split_len1)))
+            handles.append(module.subnet1.register_forward_hook(_record(module, module.split_len2)))
+        elif isinstance(module, Fm.coupling_layers._BaseCouplingBlock) or isinstance(module, Fm.AllInOneBlock):
+            msg = f"cannot split the log-determinant of {type(module).__name__} over positions"
+            raise TypeError(msg)
+    try:
+        out = run_flow(flow, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    log_jac_map = torch.stack(shares).sum(dim=0) if shares else torch.zeros_like(x[:, :1])
+    return LocalFlowOutput(out.z, out.log_jac_det, log_jac_map)
+
+
+def position_nll(z: Tensor, log_jac_map: Tensor) -> Tensor:
+    r"""Per-position negative log-likelihood :math:`\tfrac12\lVert z_{:,h,w} \rVert^2 - \ell_{h,w}` (DNFAD Eq. 12).
+
+    Args:
+        z: latent ``(B, C, H, W)``.
+        log_jac_map: per-position log-determinant shares ``(B, 1, H, W)`` from :func:`run_flow_with_local_log_det`.
+
+    Returns:
+        the NLL map ``(B, 1, H, W)`` (the Gaussian constant :math:`\tfrac{C}{2}\log 2\pi` dropped); its sum over
+        positions is the per-sample NLL :math:`\tfrac12\lVert z \rVert^2 - \log|\det J|`.
+    """
+    if z.ndim != 4 or log_jac_map.shape != (z.shape[0], 1, *z.shape[2:]):
+        msg = (
+            f"z must be (B, C, H, W) and log_jac_map (B, 1, H, W) on the same grid, got {tuple(z.shape)} and "
+            f"{tuple(log_jac_map.shape)}."
+        )
+        raise ValueError(msg)
+    return 0.5 * z.pow(2).sum(dim=1, keepdim=True) - log_jac_map
 
 
 def invert_flow(flow: nn.Module, z: Tensor) -> Tensor:

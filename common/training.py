@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from torch import nn
 
@@ -28,6 +29,7 @@ __all__ = [
     "CalibrationHandler",
     "FeatureStatisticsHandler",
     "ForwardTrainInferer",
+    "PrepareImageAndForeground",
     "clip_gradients",
     "linear_warmup",
     "load_checkpoint",
@@ -47,6 +49,37 @@ class ForwardTrainInferer(Inferer):
             msg = f"{type(model).__name__} has no forward_train method; training needs one (STYLE.md rule 2)"
             raise TypeError(msg)
         return model.forward_train(inputs, *args, **kwargs)
+
+
+class PrepareImageAndForeground(PrepareBatch):
+    """Batch preparation for MONAI trainers that passes the foreground mask as the loss target.
+
+    MONAI's default preparation pairs ``image`` with ``label`` (the image-level label here); a loss that weighs
+    positions by the foreground (e.g. to leave flat image background out of a flow's likelihood) needs the
+    ``foreground`` mask instead. Batches without a ``foreground`` key get an all-ones mask.
+
+    Example:
+        >>> prepare = PrepareImageAndForeground()
+        >>> image, foreground = prepare({"image": torch.zeros(2, 1, 4, 4)})
+        >>> foreground.shape
+        torch.Size([2, 1, 4, 4])
+    """
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(image, foreground)`` on ``device``."""
+        image = torch.as_tensor(batchdata["image"])
+        foreground = batchdata.get("foreground")
+        foreground = torch.ones_like(image[:, :1]) if foreground is None else torch.as_tensor(foreground)
+        return (
+            image.to(device=device, non_blocking=non_blocking, **kwargs),
+            foreground.to(device=device, non_blocking=non_blocking, **kwargs),
+        )
 
 
 def _engine_event(name: str) -> Any:

@@ -20,7 +20,9 @@ from common.flows import (
     dsam_subnet_constructor,
     flow_nll,
     invert_flow,
+    position_nll,
     run_flow,
+    run_flow_with_local_log_det,
 )
 
 SUBNETS = [
@@ -344,3 +346,28 @@ def test_run_flow_rejects_wrong_input_shape() -> None:
         run_flow(flow, torch.randn(2, 3, 5, 5))
     with pytest.raises(ValueError, match=r"^z must be a tensor of shape \(B, 4, H, W\)"):
         invert_flow(flow, torch.randn(4, 5, 5))
+
+
+@pytest.mark.parametrize("subnet", SUBNETS, ids=SUBNET_IDS)
+def test_local_log_det_sums_to_the_flow_log_det(subnet) -> None:
+    flow = _make_flow(6, subnet, perturb=0.1)
+    x = torch.randn(2, 6, 5, 7)
+    out = run_flow_with_local_log_det(flow, x)
+    reference = run_flow(flow, x)
+    assert torch.allclose(out.z, reference.z)
+    assert out.log_jac_map.shape == (2, 1, 5, 7)
+    assert torch.allclose(out.log_jac_map.sum(dim=(1, 2, 3)), reference.log_jac_det, atol=1e-4)
+    assert out.log_jac_map.abs().sum() > 0
+    nll = position_nll(out.z, out.log_jac_map)
+    assert torch.allclose(nll.sum(dim=(1, 2, 3)), 0.5 * out.z.pow(2).sum(dim=(1, 2, 3)) - out.log_jac_det, atol=1e-4)
+
+
+def test_local_log_det_hooks_are_removed() -> None:
+    flow = _make_flow(4, SUBNETS[1])
+    run_flow_with_local_log_det(flow, torch.randn(1, 4, 3, 3))
+    assert all(not m._forward_hooks for m in flow.modules())
+
+
+def test_position_nll_rejects_mismatched_grids() -> None:
+    with pytest.raises(ValueError, match="same grid"):
+        position_nll(torch.zeros(1, 4, 3, 3), torch.zeros(1, 1, 3, 2))

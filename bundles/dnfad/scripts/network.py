@@ -21,11 +21,10 @@ of ``S_loc``) is ranked the same by ``MapScorer("topk_probability")``, which wor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +32,11 @@ from torch import nn
 
 from common.backbones import FeatureExtractor
 from common.flows import (
-    FlowOutput,
+    LocalFlowOutput,
     build_coupling_flow,
     conv_subnet_constructor,
     dsam_subnet_constructor,
-    run_flow,
+    run_flow_with_local_log_det,
 )
 from common.scoring import Calibration
 
@@ -47,10 +46,10 @@ BRANCHES = ("map", "pixel")
 
 
 class DNFADTrainOutput(NamedTuple):
-    """Training outputs: the latent and log-determinant of each enabled branch (``None`` when disabled)."""
+    """Training outputs: latent and per-position log-determinant of each enabled branch (``None`` when disabled)."""
 
-    map_flow: FlowOutput | None
-    pixel_flow: FlowOutput | None
+    map_flow: LocalFlowOutput | None
+    pixel_flow: LocalFlowOutput | None
 
 
 class DNFAD(nn.Module):
@@ -156,7 +155,9 @@ class DNFAD(nn.Module):
         levels = self.extractor(x)
         size = max((f.shape[-2:] for f in levels), key=lambda s: s[0] * s[1])
         resized = [
-            f if tuple(f.shape[-2:]) == tuple(size) else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            f
+            if tuple(f.shape[-2:]) == tuple(size)
+            else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             for f in levels
         ]
         return torch.cat(resized, dim=1)
@@ -167,8 +168,8 @@ class DNFAD(nn.Module):
         if self.training and self.feature_noise > 0:
             features = features + self.feature_noise * torch.randn_like(features)
         return DNFADTrainOutput(
-            map_flow=run_flow(self.map_flow, features) if self.map_flow is not None else None,
-            pixel_flow=run_flow(self.pixel_flow, features) if self.pixel_flow is not None else None,
+            map_flow=run_flow_with_local_log_det(self.map_flow, features) if self.map_flow is not None else None,
+            pixel_flow=run_flow_with_local_log_det(self.pixel_flow, features) if self.pixel_flow is not None else None,
         )
 
     def log_likelihood_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
