@@ -414,9 +414,12 @@ def _train_and_evaluate(data: Path, overrides: dict, train: dict, out: Path, tim
 
 
 # Floors sit below measured runs (seed 0, 2-core CPU; bundles/skip_ts/docs/README.md, "Test floors").
-PHANTOM_IMAGE_AUROC_FLOOR = 0.0
-BRATS_PIXEL_AUROC_FLOOR = None
-HEADCT_IMAGE_AUROC_FLOOR = None
+# Phantoms, 64x64, 20 epochs: measured image AUROC 0.632.
+PHANTOM_IMAGE_AUROC_FLOOR = 0.55
+# BraTS, 128x128, 4 epochs: measured pixel AUROC 0.907 (image AUROC 0.810, AUPRO 0.634).
+BRATS_PIXEL_AUROC_FLOOR = 0.85
+# Head CT, 128x128, 10 epochs: measured image AUROC 0.643.
+HEADCT_IMAGE_AUROC_FLOOR = 0.57
 
 
 @pytest.mark.slow
@@ -443,6 +446,6 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
 def test_headct_image_auroc_floor(tmp_path):
     """Short CPU training on the real head CT images (128x128, random teacher); no masks, image level only."""
     data = shared_dataset("headct")
-    metrics = _train_and_evaluate(data, {"image_size": [128, 128]}, {"max_epochs": 6}, tmp_path, (600, 300))
+    metrics = _train_and_evaluate(data, {"image_size": [128, 128]}, {"max_epochs": 10}, tmp_path, (600, 300))
     print("headct metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= HEADCT_IMAGE_AUROC_FLOOR, metrics
