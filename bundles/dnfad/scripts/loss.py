@@ -43,6 +43,9 @@ class DNFADLoss(nn.Module):
     Args:
         foreground_only: weigh positions by the foreground target (``True``) or use all positions (``False``).
 
+    Raises:
+        ValueError: when ``foreground_only`` is not a bool.
+
     Example:
         >>> from common.flows import LocalFlowOutput
         >>> z, ld = torch.ones(1, 2, 2, 2), torch.zeros(1, 1, 2, 2)
@@ -53,6 +56,9 @@ class DNFADLoss(nn.Module):
 
     def __init__(self, foreground_only: bool = False) -> None:
         super().__init__()
+        if not isinstance(foreground_only, bool):  # "--foreground_loss false" on a command line is a string
+            msg = f"foreground_only must be True or False, got {foreground_only!r}"
+            raise ValueError(msg)
         self.foreground_only = foreground_only
 
     def forward(self, outputs: Any, targets: torch.Tensor | None = None) -> torch.Tensor:

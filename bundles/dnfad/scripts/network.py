@@ -118,6 +118,9 @@ class DNFAD(nn.Module):
         if feature_noise < 0:
             msg = f"feature_noise must be >= 0, got {feature_noise}"
             raise ValueError(msg)
+        if not isinstance(dynamic_attention, bool):  # "--dynamic_attention false" on a command line is a string
+            msg = f"dynamic_attention must be True or False, got {dynamic_attention!r}"
+            raise ValueError(msg)
         self.image_size = tuple(int(s) for s in image_size)
         self.branches = branches
         self.feature_noise = feature_noise
