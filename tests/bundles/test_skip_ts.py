@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,6 +214,46 @@ BAD_CONFIGS = [
 def test_bad_configuration_raises(scripts, kwargs, word):
     with pytest.raises((ValueError, FileNotFoundError), match=word):
         scripts.network.SkipTS(**kwargs)
+
+
+SWITCHES = ("skip_connections", "standardize_features", "normalize_input", "from_checkpoint")
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+@pytest.mark.parametrize("value", ["false", "False", 0, None], ids=["str-false", "str-False", "int", "none"])
+def test_non_bool_switch_raises_instead_of_being_truthy(scripts, name, value):
+    # a lower-case "--skip_connections false" reaches the network as the string "false", which is truthy
+    with pytest.raises(TypeError, match=rf"{name} must be a bool.*--{name} False"):
+        scripts.network.SkipTS(image_size=(64, 64), **{name: value})
+
+
+def test_student_decoder_rejects_a_string_skip_switch(scripts):
+    with pytest.raises(TypeError, match="skip_connections must be a bool"):
+        scripts.network.StudentDecoder([64, 128, 256, 512], skip_connections="false")
+
+
+def _documented_overrides(text: str) -> list[tuple[str, str]]:
+    """``(key, value)`` of every ``--key value`` in the README's shell commands."""
+    pairs = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        command = block.replace("\\\n", " ")
+        pairs += re.findall(r"--(\w+)\s+([^\s-][^\s]*)", command)
+    return pairs
+
+
+def test_documented_boolean_overrides_reach_the_network_as_bools(scripts):
+    """The README's ablation commands parse (as ``monai.bundle run`` does, through fire) to real booleans."""
+    fire_parser = pytest.importorskip("fire.parser")
+    pairs = _documented_overrides((BUNDLE / "docs" / "README.md").read_text())
+    switches = [(key, fire_parser.DefaultParseValue(value)) for key, value in pairs if key in SWITCHES]
+    assert ("skip_connections", False) in switches, pairs
+    for key, value in switches:
+        assert isinstance(value, bool), f"--{key} {value!r} is not parsed as a bool"
+    # fire itself: the capitalised form is a bool, the lower-case form a (truthy) string
+    assert fire_parser.DefaultParseValue("False") is False
+    assert fire_parser.DefaultParseValue("false") == "false"
+    net = scripts.network.SkipTS(image_size=(64, 64), **dict(switches))
+    assert net.student.skip_connections is False
 
 
 def test_bad_loss_configuration_raises(scripts):

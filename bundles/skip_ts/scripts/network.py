@@ -56,6 +56,25 @@ DECODER_SPECS: dict[str, tuple[str, tuple[int, int, int], float]] = {
 }
 
 
+def _require_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``; raise otherwise.
+
+    A command-line override such as ``--skip_connections false`` reaches the config as the string ``"false"``
+    (python-fire parses only ``False`` / ``True`` as booleans), and any non-empty string is truthy: without this
+    check the ablation would silently run with the switch on.
+
+    Raises:
+        TypeError: when ``value`` is not a ``bool``.
+    """
+    if not isinstance(value, bool):
+        msg = (
+            f"{name} must be a bool, got {value!r} ({type(value).__name__}); "
+            f"on the command line write --{name} False or --{name} True (capitalised)"
+        )
+        raise TypeError(msg)
+    return value
+
+
 class SkipTSTrainOutput(NamedTuple):
     """Training outputs: teacher features ``F_t^1..F_t^3`` and student features ``F_s^1..F_s^3`` (same shapes)."""
 
@@ -154,6 +173,10 @@ class StudentDecoder(nn.Module):
         n_blocks: blocks of D1, D2, D3 (mirroring the teacher stages E2, E3, E4).
         width_factor: bottleneck width as a fraction of a sub-decoder's output channels.
         skip_connections: feed ``F_t^{j+1} + F_s^{j+1}`` to D_j (``False``: only ``F_s^{j+1}``).
+
+    Raises:
+        ValueError: for wrong channel or block counts.
+        TypeError: when ``skip_connections`` is not a ``bool``.
     """
 
     def __init__(
@@ -168,7 +191,7 @@ class StudentDecoder(nn.Module):
         if len(channels) != 4 or len(n_blocks) != 3 or min(n_blocks) < 1:
             msg = f"need 4 teacher channel counts and 3 block counts >= 1, got {list(channels)} and {list(n_blocks)}"
             raise ValueError(msg)
-        self.skip_connections = skip_connections
+        self.skip_connections = _require_bool("skip_connections", skip_connections)
         # decoders[j - 1] is D_j: C_{j+1} -> C_j
         self.decoders = nn.ModuleList(
             _SubDecoder(block, channels[j + 1], channels[j], n_blocks[j], max(1, int(channels[j] * width_factor)))
@@ -215,6 +238,9 @@ class SkipTS(nn.Module):
 
     Raises:
         ValueError: for an unknown teacher, a bad ``image_size`` or ``map_levels``.
+        TypeError: when a switch (``skip_connections``, ``standardize_features``, ``normalize_input``,
+            ``from_checkpoint``) is not a ``bool``, e.g. the string ``"false"`` from a lower-case command-line
+            override.
 
     Example:
         >>> net = SkipTS(image_size=(64, 64)).eval()
@@ -236,6 +262,13 @@ class SkipTS(nn.Module):
         from_checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("skip_connections", skip_connections),
+            ("standardize_features", standardize_features),
+            ("normalize_input", normalize_input),
+            ("from_checkpoint", from_checkpoint),
+        ):
+            _require_bool(name, value)
         if teacher not in DECODER_SPECS:
             msg = f"teacher must be one of {sorted(DECODER_SPECS)}, got {teacher!r}"
             raise ValueError(msg)
