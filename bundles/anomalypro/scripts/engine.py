@@ -105,5 +105,8 @@ class TranslationInferer(Inferer):
 
 
 def loss_values(output: Mapping[str, Any]) -> dict[str, float]:
-    """``{"g_loss", "d_loss"}`` of a ``GanTrainer`` iteration output (for ``StatsHandler``/TensorBoard handlers)."""
+    """``{"g_loss", "d_loss"}`` of a ``GanTrainer`` iteration output (for ``StatsHandler``/TensorBoard handlers).
+
+    ``d_loss`` is the sum over the ``d_train_steps`` critic updates of the iteration, as ``GanTrainer`` reports it.
+    """
     return {key: float(output[key]) for key in ("g_loss", "d_loss") if key in output}
