@@ -45,6 +45,10 @@ def configs_dir(bundle: str) -> Path:
 def check_config_properties(bundle: str, config: str, workflow_type: str, dataset_dir: Path, output_dir: Path) -> None:
     """The config initialises as a MONAI ``ConfigWorkflow`` and defines every required bundle property."""
     root = REPO_ROOT / "bundles" / bundle
+    # every bundle names its package ``scripts``: hide another bundle's from this import and restore it afterwards
+    saved = {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
+    for name in saved:
+        del sys.modules[name]
     sys.path.insert(0, str(root))
     try:
         workflow = ConfigWorkflow(
@@ -60,6 +64,9 @@ def check_config_properties(bundle: str, config: str, workflow_type: str, datase
         assert not workflow.check_properties()
     finally:
         sys.path.remove(str(root))
+        for name in [name for name in sys.modules if name == "scripts" or name.startswith("scripts.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 def check_metadata_verifies(bundle: str) -> None:
