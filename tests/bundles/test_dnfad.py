@@ -272,6 +272,7 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
 # Measured (seed 0, the phantom configuration below, 2-core CPU): image AUROC 0.701, foreground pixel AUROC 0.770.
 PHANTOM_IMAGE_AUROC_FLOOR = 0.60
 PHANTOM_PIXEL_AUROC_FLOOR = 0.70
+# Measured (seed 0, the BraTS configuration below, 2-core CPU): pixel AUROC 0.938, image AUROC 0.778, AUPRO 0.711.
 BRATS_PIXEL_AUROC_FLOOR = 0.90
 
 
