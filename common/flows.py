@@ -472,6 +472,15 @@ def flow_nll(z: Tensor, log_jac_det: Tensor) -> Tensor:
     return (0.5 * z.pow(2).flatten(1).sum(dim=1) - log_jac_det) / n_elements
 
 
+def _foreground_nll(z: Tensor, log_jac_map: Tensor, foreground: Tensor) -> Tensor:
+    """Per-element NLL over the foreground positions, per sample ``(B,)`` (all positions where it is empty)."""
+    nll = position_nll(z, log_jac_map)
+    weights = torch.nn.functional.interpolate(foreground.float(), size=nll.shape[-2:], mode="area").to(nll.dtype)
+    empty = weights.flatten(1).sum(dim=1) <= 0
+    weights = torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(weights), weights)
+    return (weights * nll).flatten(1).sum(dim=1) / (weights.flatten(1).sum(dim=1) * z.shape[1])
+
+
 class FlowNLLLoss(nn.Module):
     r"""Multi-scale flow NLL loss (MS-NF, Xiao et al., 2025, Eq. 12).
 
@@ -485,12 +494,21 @@ class FlowNLLLoss(nn.Module):
     i.e. the per-sample, per-element NLL of :func:`flow_nll`, summed over scales and averaged over the batch (with
     the default ``reduction="mean"``).
 
+    With ``foreground_only``, each scale's term is instead the per-element NLL over the foreground positions only,
+    :math:`\sum_i w_i \ell_i / (C_l \sum_i w_i)`, where :math:`\ell_i` is the NLL of position :math:`i`
+    (:func:`position_nll`, from the exact per-position split of the log-determinant) and :math:`w_i` the foreground
+    fraction of its feature cell, taken from the foreground masks passed as ``targets``
+    (:class:`common.training.PrepareImageAndForeground`). Flat image background then cannot dominate the loss.
+    With all weights 1 it equals the loss above.
+
     Args:
         reduction: how the per-sample losses are reduced: ``"mean"`` (default), ``"sum"`` or ``"none"`` (returns
             shape ``(B,)``).
+        foreground_only: weigh positions by the foreground masks given as ``targets`` (needs
+            :class:`LocalFlowOutput` items, e.g. from :func:`run_flow_with_local_log_det`).
 
     Raises:
-        ValueError: when ``reduction`` is not one of the above.
+        ValueError: when ``reduction`` is not one of the above or ``foreground_only`` is not a bool.
 
     Example:
         >>> loss = FlowNLLLoss()
@@ -498,8 +516,12 @@ class FlowNLLLoss(nn.Module):
         tensor(0.)
     """
 
-    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN, foreground_only: bool = False) -> None:
         super().__init__()
+        if not isinstance(foreground_only, bool):  # "--foreground_loss false" on a command line is a string
+            msg = f"foreground_only must be True or False, got {foreground_only!r}"
+            raise ValueError(msg)
+        self.foreground_only = foreground_only
         try:
             self.reduction = look_up_option(reduction, LossReduction).value
         except ValueError as err:
@@ -514,7 +536,8 @@ class FlowNLLLoss(nn.Module):
             flow_outputs: one :class:`FlowOutput` per scale (or a single one), or a network's training output
                 with a ``flows`` attribute holding them (e.g. a NamedTuple returned by ``forward_train``); each is
                 ``(z, log_jac_det)`` with ``z`` of shape ``(B, C_l, H_l, W_l)`` and ``log_jac_det`` of shape ``(B,)``.
-            targets: ignored. Accepted so the loss can be called as ``loss_function(pred, targets)`` by MONAI's
+            targets: foreground masks ``(B, 1, H, W)`` at the network input size when ``foreground_only``; ignored
+                otherwise. Accepted so the loss can be called as ``loss_function(pred, targets)`` by MONAI's
                 ``SupervisedTrainer``; the flow is trained without labels.
 
         Returns:
@@ -531,13 +554,26 @@ class FlowNLLLoss(nn.Module):
             msg = "flow_outputs must hold at least one (z, log_jac_det) pair, got an empty sequence."
             raise ValueError(msg)
         for i, item in enumerate(flow_outputs):
-            if not isinstance(item, Sequence) or len(item) != 2 or not all(torch.is_tensor(t) for t in item):
-                msg = (
-                    f"flow_outputs[{i}] must be a FlowOutput(z, log_jac_det) pair of tensors, "
-                    f"got {type(item).__name__}."
-                )
+            if (
+                not isinstance(item, Sequence)
+                or len(item) not in (2, 3)
+                or not all(torch.is_tensor(t) for t in item)
+                or (self.foreground_only and len(item) != 3)
+            ):
+                expected = "LocalFlowOutput(z, log_jac_det, log_jac_map)" if self.foreground_only else "FlowOutput"
+                msg = f"flow_outputs[{i}] must be a {expected} of tensors, got {type(item).__name__}."
                 raise TypeError(msg)
-        per_scale = [flow_nll(z, log_jac_det) for z, log_jac_det in flow_outputs]
+        if self.foreground_only:
+            if not torch.is_tensor(targets) or targets.ndim != 4 or targets.shape[1] != 1:
+                got = tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__
+                msg = (
+                    "foreground_only needs the foreground masks (B, 1, H, W) as targets "
+                    f"(prepare_batch: common.training.PrepareImageAndForeground), got {got}"
+                )
+                raise ValueError(msg)
+            per_scale = [_foreground_nll(item[0], item[2], targets) for item in flow_outputs]
+        else:
+            per_scale = [flow_nll(item[0], item[1]) for item in flow_outputs]
         batch_sizes = [nll.shape[0] for nll in per_scale]
         if len(set(batch_sizes)) != 1:
             msg = f"flow_outputs must share one batch size across scales, got batch sizes {batch_sizes}."

@@ -14,6 +14,7 @@ from torch import nn
 from common.flows import (
     FlowNLLLoss,
     FlowOutput,
+    LocalFlowOutput,
     build_coupling_flow,
     cbam_subnet_constructor,
     conv_subnet_constructor,
@@ -371,3 +372,33 @@ def test_local_log_det_hooks_are_removed() -> None:
 def test_position_nll_rejects_mismatched_grids() -> None:
     with pytest.raises(ValueError, match="same grid"):
         position_nll(torch.zeros(1, 4, 3, 3), torch.zeros(1, 1, 3, 2))
+
+
+def test_flow_nll_loss_on_the_foreground_weighs_positions() -> None:
+    # one scale, C = 2, 2x2 grid; position NLL = 0.5 * 2 * z^2 - share, z = 1, 2, 3, 4 and shares 0
+    z = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]).expand(1, 2, 2, 2)
+    share = torch.zeros(1, 1, 2, 2)
+    item = LocalFlowOutput(z, share.flatten(1).sum(dim=1), share)
+    # foreground covers the left column of cells and half of the top-right one at a 4x4 input
+    foreground = torch.zeros(1, 1, 4, 4)
+    foreground[..., :, :2] = 1.0
+    foreground[..., 0, 2] = 1.0
+    foreground[..., 1, 2] = 1.0
+    weights = torch.tensor([[1.0, 0.5], [1.0, 0.0]])
+    nll = torch.tensor([[1.0, 4.0], [9.0, 16.0]])
+    expected = float((weights * nll).sum() / (weights.sum() * 2))
+    assert FlowNLLLoss(foreground_only=True)([item], foreground).item() == pytest.approx(expected)
+    # all-foreground weights give the plain per-element loss
+    plain = FlowNLLLoss()([FlowOutput(z, item.log_jac_det)]).item()
+    assert FlowNLLLoss(foreground_only=True)([item], torch.ones(1, 1, 4, 4)).item() == pytest.approx(plain)
+
+
+def test_flow_nll_loss_on_the_foreground_needs_masks_and_local_outputs() -> None:
+    z = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(TypeError, match="LocalFlowOutput"):
+        FlowNLLLoss(foreground_only=True)([FlowOutput(z, torch.zeros(1))], torch.ones(1, 1, 2, 2))
+    item = LocalFlowOutput(z, torch.zeros(1), torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="foreground masks"):
+        FlowNLLLoss(foreground_only=True)([item], None)
+    with pytest.raises(ValueError, match="True or False"):
+        FlowNLLLoss(foreground_only="false")

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
-from common.flows import FlowOutput, build_coupling_flow, cbam_subnet_constructor, conv_subnet_constructor, run_flow
+from common.flows import (
+    LocalFlowOutput,
+    build_coupling_flow,
+    cbam_subnet_constructor,
+    conv_subnet_constructor,
+    run_flow_with_local_log_det,
+)
 from common.scoring import Calibration
 
 __all__ = ["MSNF", "MSNFTrainOutput"]
@@ -32,9 +38,9 @@ FUSIONS = ("mean", "max")
 
 
 class MSNFTrainOutput(NamedTuple):
-    """Training outputs: one :class:`~common.flows.FlowOutput` per scale."""
+    """Training outputs: one :class:`~common.flows.LocalFlowOutput` per scale (latent, log-determinant, its split)."""
 
-    flows: list[FlowOutput]
+    flows: list[LocalFlowOutput]
 
 
 class MSNF(nn.Module):
@@ -118,7 +124,9 @@ class MSNF(nn.Module):
         features = self._features(x)
         if self.training and self.feature_noise > 0:
             features = [f + self.feature_noise * torch.randn_like(f) for f in features]
-        return MSNFTrainOutput([run_flow(flow, f) for flow, f in zip(self.flows, features, strict=True)])
+        return MSNFTrainOutput(
+            [run_flow_with_local_log_det(flow, f) for flow, f in zip(self.flows, features, strict=True)]
+        )
 
     def scale_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-scale maps ``0.5 · mean_c(z²)``, each ``(B, 1, h_l, w_l)`` at its feature resolution."""
