@@ -11,7 +11,7 @@ import csv
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,18 @@ def configs_dir(bundle: str) -> Path:
     return REPO_ROOT / "bundles" / bundle / "configs"
 
 
-def check_config_properties(bundle: str, config: str, workflow_type: str, dataset_dir: Path, output_dir: Path) -> None:
-    """The config initialises as a MONAI ``ConfigWorkflow`` and defines every required bundle property."""
+def check_config_properties(
+    bundle: str,
+    config: str,
+    workflow_type: str,
+    dataset_dir: Path,
+    output_dir: Path,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """The config initialises as a MONAI ``ConfigWorkflow`` and defines every required bundle property.
+
+    ``overrides`` are further config values handed to ``ConfigWorkflow`` (e.g. a tiny network).
+    """
     root = REPO_ROOT / "bundles" / bundle
     # every bundle names its package ``scripts``: hide another bundle's from this import and restore it afterwards
     saved = {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
@@ -59,6 +69,7 @@ def check_config_properties(bundle: str, config: str, workflow_type: str, datase
             dataset_dir=str(dataset_dir),
             output_dir=str(output_dir),
             bundle_root=str(root),
+            **(overrides or {}),
         )
         workflow.initialize()
         assert not workflow.check_properties()
@@ -116,9 +127,18 @@ def check_checkpoint_calibrated(checkpoint: Path, image_size: list[int], score_m
 
 
 def check_nifti_inference_skips_bad_files(
-    bundle: str, overrides: Mapping[str, Any], checkpoint: Path, lesion_volume: Path, tmp_path: Path
-) -> None:
-    """Folder inference writes maps on the input grid and ``scores.csv``, reports bad files, never touches inputs."""
+    bundle: str,
+    overrides: Mapping[str, Any],
+    checkpoint: Path,
+    lesion_volume: Path,
+    tmp_path: Path,
+    extra_outputs: Sequence[str] = (),
+) -> list[dict[str, str]]:
+    """Folder inference writes maps on the input grid and ``scores.csv``, reports bad files, never touches inputs.
+
+    ``extra_outputs`` names further ``<stem>_<suffix>.nii.gz`` files (``"mask"`` included) that must also be float32
+    volumes on the input grid. Returns the rows of ``scores.csv`` for bundle-specific checks.
+    """
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / lesion_volume.name).write_bytes(lesion_volume.read_bytes())
@@ -140,6 +160,11 @@ def check_nifti_inference_skips_bad_files(
     assert anomaly.get_data_dtype() == np.float32
     assert np.isfinite(np.asarray(anomaly.dataobj)).all()
     assert (out / lesion_volume.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
+    for suffix in extra_outputs:
+        written = nib.load(out / lesion_volume.name.replace(".nii.gz", f"_{suffix}.nii.gz"))
+        assert written.shape == reference.shape, suffix
+        assert np.allclose(written.affine, reference.affine), suffix
+        assert written.get_data_dtype() == np.float32, suffix
     with open(out / "scores.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and {r["file"] for r in rows} == {str(inputs / lesion_volume.name)}
@@ -151,6 +176,7 @@ def check_nifti_inference_skips_bad_files(
     assert "expected a 2D image or a 3D volume" in failed["four_d.nii.gz"]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
+    return rows
 
 
 def check_evaluation_outputs(

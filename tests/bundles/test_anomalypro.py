@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 from monai.engines import GanTrainer
 from monai.networks.nets import PatchDiscriminator
 from sklearn.metrics import roc_auc_score
@@ -22,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from common.data import discover_dataset
 from common.scoring import MapScorer
-from tests.bundles.conftest import REPO_ROOT, SCHEMA, load_bundle_scripts, shared_dataset
-from tools.bundles import BundleRunError, run_bundle
+from tests.bundles import contract
+from tests.bundles.conftest import REPO_ROOT, load_bundle_scripts, shared_dataset
+from tools.bundles import run_bundle
 from tools.phantoms import write_dataset
 
 BUNDLE = REPO_ROOT / "bundles" / "anomalypro"
@@ -381,50 +378,11 @@ def phantoms_3d(tmp_path_factory) -> Path:
     ("config", "workflow_type"), [("train.json", "train"), ("inference.json", "infer")], ids=["train", "infer"]
 )
 def test_configs_define_the_bundle_properties(phantoms_3d, tmp_path, config, workflow_type):
-    sys.path.insert(0, str(BUNDLE))
-    saved = {k: v for k, v in sys.modules.items() if k == "scripts" or k.startswith("scripts.")}
-    for key in saved:
-        del sys.modules[key]  # another bundle's ``scripts`` may be imported in this process
-    try:
-        workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / config),
-            meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=str(CONFIGS / "logging.conf"),
-            workflow_type=workflow_type,
-            dataset_dir=str(phantoms_3d),
-            output_dir=str(tmp_path),
-            bundle_root=str(BUNDLE),
-            **TINY,
-        )
-        workflow.initialize()
-        assert not workflow.check_properties()
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    contract.check_config_properties("anomalypro", config, workflow_type, phantoms_3d, tmp_path, TINY)
 
 
 def test_metadata_verifies_against_the_schema():
-    if not SCHEMA.is_file():
-        pytest.skip(f"{SCHEMA} is absent")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_metadata",
-            "--meta_file",
-            str(CONFIGS / "metadata.json"),
-            "--filepath",
-            str(SCHEMA),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "metadata is verified with no error" in result.stdout + result.stderr
+    contract.check_metadata_verifies("anomalypro")
 
 
 def test_configs_share_the_network_and_scoring_settings():
@@ -442,31 +400,14 @@ def test_configs_share_the_network_and_scoring_settings():
 def trained_tiny(phantoms_3d, tmp_path_factory) -> Path:
     """Train the tiny network for two epochs through ``python -m monai.bundle run training`` (real config)."""
     out = tmp_path_factory.mktemp("anomalypro_run")
-    run_bundle(
-        "anomalypro",
-        "train.json",
-        "training",
-        {
-            **TINY_TRAIN,
-            "dataset_dir": phantoms_3d,
-            "max_epochs": 2,
-            "batch_size": 8,
-            "ckpt_dir": out / "models",
-            "output_dir": out / "train",
-        },
-        timeout=600,
-    )
-    return out / "models" / "model.pt"
+    overrides = {**TINY_TRAIN, "dataset_dir": phantoms_3d, "max_epochs": 2, "batch_size": 8}
+    return contract.train("anomalypro", overrides, out)
 
 
 def test_training_writes_checkpoint_with_calibration_and_selection(trained_tiny):
-    state = torch.load(trained_tiny, map_location="cpu", weights_only=True)
-    assert np.isfinite(float(state["calibration.pixel_threshold"]))
-    assert np.isfinite(float(state["calibration.image_threshold"]))
+    state = contract.check_checkpoint_calibrated(trained_tiny, TINY["image_size"], "mean")
     settings = state["calibration._extra_state"]
-    assert settings["preprocessing"]["image_size"] == TINY["image_size"]
     assert settings["preprocessing"]["set_a"] == "train/mixed"
-    assert settings["scoring"]["method"] == "mean"
     selection = settings["model_selection"]
     assert selection["criterion"] == "pseudo_auc"
     assert [e for e, _ in selection["pseudo_auc_history"]] == [1, 2]
@@ -489,101 +430,26 @@ def test_training_without_train_mixed_uses_train_good(tmp_path):
 
 
 def test_nifti_folder_inference_writes_maps_healthy_images_and_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    good = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    (inputs / good.name).write_bytes(good.read_bytes())
-    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
-    out = tmp_path / "out"
-    run_bundle(
-        "anomalypro",
-        "inference.json",
-        "run",
-        {**TINY, "dataset_dir": inputs, "output_dir": out, "ckpt_path": trained_tiny},
-        timeout=300,
+    lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
+    rows = contract.check_nifti_inference_skips_bad_files(
+        "anomalypro", TINY, trained_tiny, lesion, tmp_path, extra_outputs=("mask", "healthy")
     )
-    reference = nib.load(good)
-    stem = good.name.replace(".nii.gz", "")
-    for suffix in ("anomaly", "mask", "healthy"):
-        written = nib.load(out / f"{stem}_{suffix}.nii.gz")
-        assert written.shape == reference.shape, suffix
-        assert np.allclose(written.affine, reference.affine), suffix
-        assert written.get_data_dtype() == np.float32
-    healthy = nib.load(out / f"{stem}_healthy.nii.gz").get_fdata()
+    healthy = nib.load(tmp_path / "out" / lesion.name.replace(".nii.gz", "_healthy.nii.gz")).get_fdata()
     assert np.isfinite(healthy).all() and healthy.min() >= 0.0 and healthy.max() <= 1.0
-    with open(out / "scores.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows and {r["file"] for r in rows} == {str(inputs / good.name)}
-    assert all(np.isfinite(float(r["slice_score"])) for r in rows)
     slice_scores = [float(r["slice_score"]) for r in rows]
     assert float(rows[0]["volume_score"]) == pytest.approx(np.mean(slice_scores), rel=1e-4)  # mean over slices
-    with open(out / "failed.csv") as handle:
-        failed = {Path(r["file"]).name: r["error"] for r in csv.DictReader(handle)}
-    assert set(failed) == {"corrupt.nii.gz"} and "cannot be read" in failed["corrupt.nii.gz"]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
-    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
 
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    run_bundle(
-        "anomalypro",
-        "evaluate.json",
-        "run",
-        {**TINY, "dataset_dir": phantoms_3d, "output_dir": tmp_path, "ckpt_path": trained_tiny},
-        timeout=300,
-    )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("image_auroc", "pixel_auroc", "pixel_auroc_foreground", "aupro", "best_dice", "volume_auroc"):
-        assert key in metrics, key
-    assert metrics["n_volumes"] == 3
-    for name in ("roc_image.png", "score_histogram.png", "overlays.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    contract.check_evaluation_outputs("anomalypro", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):
-    dataset = tmp_path / "data"
-    dataset.mkdir()
-    with pytest.raises(BundleRunError) as info:
-        run_bundle(
-            "anomalypro",
-            "train.json",
-            "training",
-            {**TINY_TRAIN, "dataset_dir": dataset, "max_epochs": 1, "ckpt_dir": tmp_path / "models"},
-            timeout=300,
-        )
-    assert "train/good" in str(info.value)
-    assert "Epoch" not in str(info.value)
-    assert not (tmp_path / "models" / "model.pt").exists()
+    contract.check_training_fails_on_bad_dataset_dir("anomalypro", TINY_TRAIN, tmp_path, "empty")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # learning checks (floors from measured runs, docs/README.md)
-
-
-def _train_and_evaluate(data: Path, overrides: dict, train: dict, out: Path, timeouts: tuple[int, int]) -> dict:
-    """Train through ``train.json`` then evaluate through ``evaluate.json``; returns ``metrics.json``."""
-    run_bundle(
-        "anomalypro",
-        "train.json",
-        "training",
-        {**overrides, **train, "dataset_dir": data, "ckpt_dir": out / "models", "output_dir": out / "train"},
-        timeout=timeouts[0],
-    )
-    run_bundle(
-        "anomalypro",
-        "evaluate.json",
-        "run",
-        {
-            **overrides,
-            "n_overlays": 0,
-            "dataset_dir": data,
-            "output_dir": out / "eval",
-            "ckpt_path": out / "models" / "model.pt",
-        },
-        timeout=timeouts[1],
-    )
-    return json.loads((out / "eval" / "metrics.json").read_text())
 
 
 PHANTOM_OVERRIDES = {"image_size": [64, 64], "channels": 32, "n_res": 3, "critic_channels": 32}
@@ -608,7 +474,9 @@ def test_learns_to_detect_phantom_lesions_from_mixed_data(tmp_path):
         n_mixed_good=20,
         n_mixed_lesion=20,
     )
-    metrics = _train_and_evaluate(data, PHANTOM_OVERRIDES, PHANTOM_TRAIN, tmp_path, (400, 200))
+    metrics = contract.train_and_evaluate(
+        "anomalypro", data, PHANTOM_OVERRIDES, PHANTOM_TRAIN, {"n_overlays": 0}, tmp_path, (400, 200)
+    )
     print("phantom learning metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
     assert metrics["pixel_auroc"] >= PHANTOM_PIXEL_AUROC_FLOOR, metrics
@@ -627,7 +495,9 @@ BRATS_PIXEL_AUROC_FLOOR = 0.93
 def test_brats_slices_image_auroc_floor(tmp_path):
     """Short CPU training on the real BraTS FLAIR slices (set A = train/mixed, set B = train/good)."""
     data = shared_dataset("brats2015_slices")
-    metrics = _train_and_evaluate(data, BRATS_OVERRIDES, BRATS_TRAIN, tmp_path, (600, 300))
+    metrics = contract.train_and_evaluate(
+        "anomalypro", data, BRATS_OVERRIDES, BRATS_TRAIN, {"n_overlays": 0}, tmp_path, (600, 300)
+    )
     print("brats metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= BRATS_IMAGE_AUROC_FLOOR, metrics
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics

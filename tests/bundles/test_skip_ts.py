@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from tests.bundles.conftest import REPO_ROOT, SCHEMA, load_bundle_scripts, shared_dataset
-from tools.bundles import BundleRunError, run_bundle
+from tests.bundles import contract
+from tests.bundles.conftest import REPO_ROOT, load_bundle_scripts, shared_dataset
 from tools.phantoms import write_dataset
 
 BUNDLE = REPO_ROOT / "bundles" / "skip_ts"
@@ -274,23 +269,7 @@ def phantoms_3d(tmp_path_factory) -> Path:
     ("config", "workflow_type"), [("train.json", "train"), ("inference.json", "infer")], ids=["train", "infer"]
 )
 def test_configs_define_the_bundle_properties(phantoms_3d, tmp_path, config, workflow_type):
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / config),
-            meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=str(CONFIGS / "logging.conf"),
-            workflow_type=workflow_type,
-            dataset_dir=str(phantoms_3d),
-            output_dir=str(tmp_path),
-            bundle_root=str(BUNDLE),
-        )
-        workflow.initialize()
-        assert not workflow.check_properties()
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[name]  # another bundle's tests import their own ``scripts``
+    contract.check_config_properties("skip_ts", config, workflow_type, phantoms_3d, tmp_path)
 
 
 def test_train_config_holds_the_paper_settings():
@@ -309,151 +288,40 @@ def test_train_config_holds_the_paper_settings():
 
 
 def test_metadata_verifies_against_the_schema():
-    if not SCHEMA.is_file():
-        pytest.skip(f"{SCHEMA} is absent")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_metadata",
-            "--meta_file",
-            str(CONFIGS / "metadata.json"),
-            "--filepath",
-            str(SCHEMA),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "metadata is verified with no error" in result.stdout + result.stderr
+    contract.check_metadata_verifies("skip_ts")
 
 
 @pytest.fixture(scope="module")
 def trained_tiny(phantoms_3d, tmp_path_factory) -> Path:
     """Train for one epoch through ``python -m monai.bundle run training`` (real config)."""
     out = tmp_path_factory.mktemp("skip_ts_run")
-    run_bundle(
-        "skip_ts",
-        "train.json",
-        "training",
-        {
-            **TINY,
-            "dataset_dir": phantoms_3d,
-            "max_epochs": 1,
-            "batch_size": 8,
-            "ckpt_dir": out / "models",
-            "output_dir": out / "train",
-        },
-        timeout=600,
-    )
-    return out / "models" / "model.pt"
+    return contract.train("skip_ts", {**TINY, "dataset_dir": phantoms_3d, "max_epochs": 1, "batch_size": 8}, out)
 
 
 def test_training_writes_checkpoint_with_calibration(trained_tiny):
-    state = torch.load(trained_tiny, map_location="cpu", weights_only=True)
-    assert np.isfinite(float(state["calibration.pixel_threshold"]))
-    assert np.isfinite(float(state["calibration.image_threshold"]))
+    state = contract.check_checkpoint_calibrated(trained_tiny, TINY["image_size"], "max")
     assert bool(state["extractor.fitted"])
     assert any(k.startswith("student.decoders.2.up.") for k in state)
     settings = state["calibration._extra_state"]
-    assert settings["preprocessing"]["image_size"] == TINY["image_size"]
     assert settings["scoring"] == {"method": "max", "topk_fraction": 0.01, "smoothing_sigma": 4.0}
 
 
 def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    good = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    (inputs / good.name).write_bytes(good.read_bytes())
-    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
-    out = tmp_path / "out"
-    run_bundle(
-        "skip_ts",
-        "inference.json",
-        "run",
-        {**TINY, "dataset_dir": inputs, "output_dir": out, "ckpt_path": trained_tiny},
-        timeout=300,
-    )
-    reference = nib.load(good)
-    anomaly = nib.load(out / good.name.replace(".nii.gz", "_anomaly.nii.gz"))
-    assert anomaly.shape == reference.shape
-    assert np.allclose(anomaly.affine, reference.affine)
-    assert anomaly.get_data_dtype() == np.float32
-    assert np.isfinite(anomaly.get_fdata()).all()
-    assert (out / good.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
-    with open(out / "scores.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows and {r["file"] for r in rows} == {str(inputs / good.name)}
-    assert len(rows) == reference.shape[2]
-    assert all(np.isfinite(float(r["slice_score"])) for r in rows)
-    with open(out / "failed.csv") as handle:
-        failed = {Path(r["file"]).name: r["error"] for r in csv.DictReader(handle)}
-    assert set(failed) == {"corrupt.nii.gz"}
-    assert "cannot be read" in failed["corrupt.nii.gz"]
-    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
+    lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
+    rows = contract.check_nifti_inference_skips_bad_files("skip_ts", TINY, trained_tiny, lesion, tmp_path)
+    assert len(rows) == nib.load(lesion).shape[2]  # one row per slice
 
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    run_bundle(
-        "skip_ts",
-        "evaluate.json",
-        "run",
-        {**TINY, "dataset_dir": phantoms_3d, "output_dir": tmp_path, "ckpt_path": trained_tiny},
-        timeout=300,
-    )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_auroc_foreground", "aupro", "best_dice"):
-        assert key in metrics, key
-    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
-    assert metrics["n_volumes"] == 3
-    for name in ("roc_image.png", "score_histogram.png", "overlays.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    contract.check_evaluation_outputs("skip_ts", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):
-    dataset = tmp_path / "data"
-    dataset.mkdir()
-    with pytest.raises(BundleRunError) as info:
-        run_bundle(
-            "skip_ts",
-            "train.json",
-            "training",
-            {**TINY, "dataset_dir": dataset, "max_epochs": 1, "ckpt_dir": tmp_path / "models"},
-            timeout=300,
-        )
-    assert "train/good" in str(info.value)
-    assert "Epoch" not in str(info.value)
-    assert not (tmp_path / "models" / "model.pt").exists()
+    contract.check_training_fails_on_bad_dataset_dir("skip_ts", TINY, tmp_path, "empty")
 
 
-def _train_and_evaluate(data: Path, overrides: dict, train: dict, out: Path, timeouts: tuple[int, int]) -> dict:
-    """Train through ``train.json`` then evaluate through ``evaluate.json``; returns ``metrics.json``."""
-    run_bundle(
-        "skip_ts",
-        "train.json",
-        "training",
-        {**overrides, **train, "dataset_dir": data, "ckpt_dir": out / "models", "output_dir": out / "train"},
-        timeout=timeouts[0],
-    )
-    run_bundle(
-        "skip_ts",
-        "evaluate.json",
-        "run",
-        {
-            **overrides,
-            "n_overlays": 0,
-            "dataset_dir": data,
-            "output_dir": out / "eval",
-            "ckpt_path": out / "models" / "model.pt",
-        },
-        timeout=timeouts[1],
-    )
-    return json.loads((out / "eval" / "metrics.json").read_text())
-
-
+# The real-data checks train at 128 x 128 (paper: 256 x 256).
+REAL_SIZE = {"image_size": [128, 128]}
 # Floors sit below measured runs (seed 0, 2-core CPU; bundles/skip_ts/docs/README.md, "Test floors").
 # Phantoms, 64x64, 12 epochs: measured image AUROC 0.646.
 PHANTOM_EPOCHS = 12
@@ -471,7 +339,8 @@ HEADCT_IMAGE_AUROC_FLOOR = 0.65
 def test_learns_to_detect_phantom_lesions(tmp_path):
     """Short CPU training on 2D phantoms with a random teacher."""
     data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
-    metrics = _train_and_evaluate(data, TINY, {"max_epochs": PHANTOM_EPOCHS, "batch_size": 8}, tmp_path, (600, 300))
+    train = {"max_epochs": PHANTOM_EPOCHS, "batch_size": 8}
+    metrics = contract.train_and_evaluate("skip_ts", data, TINY, train, {"n_overlays": 0}, tmp_path, (600, 300))
     print("phantom learning metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
 
@@ -481,7 +350,8 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
 def test_brats_slices_pixel_auroc_floor(tmp_path):
     """Short CPU training on the real BraTS FLAIR slices (128x128, random teacher)."""
     data = shared_dataset("brats2015_slices")
-    metrics = _train_and_evaluate(data, {"image_size": [128, 128]}, {"max_epochs": BRATS_EPOCHS}, tmp_path, (600, 300))
+    train = {"max_epochs": BRATS_EPOCHS}
+    metrics = contract.train_and_evaluate("skip_ts", data, REAL_SIZE, train, {"n_overlays": 0}, tmp_path, (600, 300))
     print("brats metrics:", json.dumps(metrics))
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
 
@@ -491,6 +361,7 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
 def test_headct_image_auroc_floor(tmp_path):
     """Short CPU training on the real head CT images (128x128, random teacher); no masks, image level only."""
     data = shared_dataset("headct")
-    metrics = _train_and_evaluate(data, {"image_size": [128, 128]}, {"max_epochs": HEADCT_EPOCHS}, tmp_path, (600, 300))
+    train = {"max_epochs": HEADCT_EPOCHS}
+    metrics = contract.train_and_evaluate("skip_ts", data, REAL_SIZE, train, {"n_overlays": 0}, tmp_path, (600, 300))
     print("headct metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= HEADCT_IMAGE_AUROC_FLOOR, metrics
