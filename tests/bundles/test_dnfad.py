@@ -272,8 +272,11 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
 # Measured (seed 0, the phantom configuration below, 2-core CPU): image AUROC 0.701, foreground pixel AUROC 0.770.
 PHANTOM_IMAGE_AUROC_FLOOR = 0.60
 PHANTOM_PIXEL_AUROC_FLOOR = 0.70
-# Measured (seed 0, the BraTS configuration below, 2-core CPU): pixel AUROC 0.938, image AUROC 0.778, AUPRO 0.711.
+# Measured (seed 0, the BraTS configuration below, 2-core CPU): pixel AUROC 0.938 (0.823 inside the brain), image
+# AUROC 0.778, AUPRO 0.711. Over all pixels, a map that is random inside the brain already scores about 0.85, so the
+# foreground figure (chance 0.5) is asserted as well.
 BRATS_PIXEL_AUROC_FLOOR = 0.90
+BRATS_FOREGROUND_PIXEL_AUROC_FLOOR = 0.70
 
 
 @pytest.mark.slow
@@ -300,3 +303,4 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
     )
     print("brats metrics:", json.dumps(metrics))
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
+    assert metrics["pixel_auroc_foreground"] >= BRATS_FOREGROUND_PIXEL_AUROC_FLOOR, metrics
