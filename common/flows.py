@@ -36,10 +36,12 @@ __all__ = [
     "LocalFlowOutput",
     "SubnetConstructor",
     "build_coupling_flow",
+    "check_foreground_targets",
     "cbam_subnet_constructor",
     "conv_subnet_constructor",
     "dsam_subnet_constructor",
     "flow_nll",
+    "foreground_weights",
     "invert_flow",
     "position_nll",
     "run_flow",
@@ -472,12 +474,39 @@ def flow_nll(z: Tensor, log_jac_det: Tensor) -> Tensor:
     return (0.5 * z.pow(2).flatten(1).sum(dim=1) - log_jac_det) / n_elements
 
 
+def check_foreground_targets(targets: object) -> Tensor:
+    """Return ``targets`` when it is a batch of foreground masks ``(B, 1, H, W)``; raise a one-line error otherwise.
+
+    Raises:
+        ValueError: when ``targets`` is not a ``(B, 1, H, W)`` tensor.
+    """
+    if not torch.is_tensor(targets) or targets.ndim != 4 or targets.shape[1] != 1:
+        got = tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__
+        msg = (
+            "foreground_only needs the foreground masks (B, 1, H, W) as targets "
+            f"(prepare_batch: common.training.PrepareImageAndForeground), got {got}"
+        )
+        raise ValueError(msg)
+    return targets
+
+
+def foreground_weights(foreground: Tensor | None, like: Tensor) -> Tensor:
+    """Foreground fraction of every cell of a feature grid, shape of ``like`` ``(B, 1, h, w)``.
+
+    The masks ``(B, 1, H, W)`` are area-averaged onto the grid of ``like``. Without masks, and for a sample whose
+    foreground is empty, every position weighs 1 (the loss over all positions).
+    """
+    if foreground is None:
+        return torch.ones_like(like)
+    weights = torch.nn.functional.interpolate(foreground.float(), size=like.shape[-2:], mode="area").to(like.dtype)
+    empty = weights.flatten(1).sum(dim=1) <= 0
+    return torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(weights), weights)
+
+
 def _foreground_nll(z: Tensor, log_jac_map: Tensor, foreground: Tensor) -> Tensor:
     """Per-element NLL over the foreground positions, per sample ``(B,)`` (all positions where it is empty)."""
     nll = position_nll(z, log_jac_map)
-    weights = torch.nn.functional.interpolate(foreground.float(), size=nll.shape[-2:], mode="area").to(nll.dtype)
-    empty = weights.flatten(1).sum(dim=1) <= 0
-    weights = torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(weights), weights)
+    weights = foreground_weights(foreground, nll)
     return (weights * nll).flatten(1).sum(dim=1) / (weights.flatten(1).sum(dim=1) * z.shape[1])
 
 
@@ -564,14 +593,8 @@ class FlowNLLLoss(nn.Module):
                 msg = f"flow_outputs[{i}] must be a {expected} of tensors, got {type(item).__name__}."
                 raise TypeError(msg)
         if self.foreground_only:
-            if not torch.is_tensor(targets) or targets.ndim != 4 or targets.shape[1] != 1:
-                got = tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__
-                msg = (
-                    "foreground_only needs the foreground masks (B, 1, H, W) as targets "
-                    f"(prepare_batch: common.training.PrepareImageAndForeground), got {got}"
-                )
-                raise ValueError(msg)
-            per_scale = [_foreground_nll(item[0], item[2], targets) for item in flow_outputs]
+            foreground = check_foreground_targets(targets)
+            per_scale = [_foreground_nll(item[0], item[2], foreground) for item in flow_outputs]
         else:
             per_scale = [flow_nll(item[0], item[1]) for item in flow_outputs]
         batch_sizes = [nll.shape[0] for nll in per_scale]

@@ -35,3 +35,13 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (development data lives beside the repository)")
     return path
+
+
+@pytest.fixture(scope="module")
+def phantoms_3d(tmp_path_factory) -> Path:
+    """A tiny 3D phantom dataset (4 normal training volumes, 1 normal and 2 lesion test volumes, 48x48x12)."""
+    from tools.phantoms import write_dataset
+
+    return write_dataset(
+        tmp_path_factory.mktemp("ph3d") / "data", dims=3, n_train=4, n_test_good=1, n_test_lesion=2, size=48, depth=12
+    )

@@ -258,13 +258,6 @@ def test_bad_loss_configuration_raises(scripts):
         scripts.loss.SkipTSLoss(beta=-1.0)
 
 
-@pytest.fixture(scope="module")
-def phantoms_3d(tmp_path_factory) -> Path:
-    return write_dataset(
-        tmp_path_factory.mktemp("ph3d") / "data", dims=3, n_train=4, n_test_good=1, n_test_lesion=2, size=48, depth=12
-    )
-
-
 @pytest.mark.parametrize(
     ("config", "workflow_type"), [("train.json", "train"), ("inference.json", "infer")], ids=["train", "infer"]
 )

@@ -5,21 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from common.flows import position_nll
+from common.flows import check_foreground_targets, foreground_weights, position_nll
 
 __all__ = ["DNFADLoss"]
-
-
-def _position_weights(foreground: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Foreground fraction of every feature cell ``(B, 1, h, w)``; all ones without a foreground or if it is empty."""
-    if foreground is None:
-        return torch.ones_like(like)
-    weights = F.interpolate(foreground.float(), size=like.shape[-2:], mode="area").to(like.dtype)
-    empty = weights.flatten(1).sum(dim=1) <= 0
-    return torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(weights), weights)
 
 
 class DNFADLoss(nn.Module):
@@ -81,24 +71,15 @@ class DNFADLoss(nn.Module):
         if map_flow is None and pixel_flow is None:
             msg = "DNFADLoss needs at least one branch output, got none (are both branches disabled?)"
             raise ValueError(msg)
-        foreground = None
-        if self.foreground_only:
-            if not torch.is_tensor(targets) or targets.ndim != 4 or targets.shape[1] != 1:
-                got = tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__
-                msg = (
-                    "foreground_only needs the foreground masks (B, 1, H, W) as targets "
-                    f"(prepare_batch: common.training.PrepareImageAndForeground), got {got}"
-                )
-                raise ValueError(msg)
-            foreground = targets
+        foreground = check_foreground_targets(targets) if self.foreground_only else None
         total = 0.0
         if map_flow is not None:
             nll = position_nll(map_flow.z, map_flow.log_jac_map)
-            weights = _position_weights(foreground, nll)
+            weights = foreground_weights(foreground, nll)
             total = total + (weights * nll).flatten(1).sum(dim=1).mean()  # Eq. 9: the whole map
         if pixel_flow is not None:
             nll = position_nll(pixel_flow.z, pixel_flow.log_jac_map)
-            weights = _position_weights(foreground, nll)
+            weights = foreground_weights(foreground, nll)
             per_sample = (weights * nll).flatten(1).sum(dim=1) / weights.flatten(1).sum(dim=1)
             total = total + per_sample.mean()  # Eq. 13: mean over positions
         return total
