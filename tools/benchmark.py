@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_VOLUME_SHAPE",
     "build_components",
     "count_parameters",
+    "environment_info",
     "format_table",
     "main",
     "parse_overrides",
@@ -429,7 +430,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
+def environment_info(device: torch.device) -> dict[str, Any]:
+    """The device (name, CPUs, torch threads; on CUDA the CUDA and cuDNN versions, GPU memory) and software versions."""
     env: dict[str, Any] = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
@@ -562,7 +564,7 @@ def run_benchmark(
             "weights": weights,
             "seed": seed,
         },
-        "environment": _environment(torch_device),
+        "environment": environment_info(torch_device),
         "model": {
             "class": f"{type(network).__module__}.{type(network).__qualname__}",
             "parameters_total": parameters["total"],

@@ -1,0 +1,207 @@
+"""Aggregation over seeds and the comparison report: ``results.json`` contents and the ``results.md`` tables.
+
+Every figure of a bundle is the mean over its seeds with the sample standard deviation (``ddof=1``; 0 for a single
+seed). Undefined values (``None``, NaN: e.g. a volume AUROC without normal volumes) are left out of the mean and shown
+as ``–`` when no seed has one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "COST_COLUMNS",
+    "DETECTION_COLUMNS",
+    "aggregate",
+    "aggregate_runs",
+    "format_stat",
+    "json_safe",
+    "markdown_report",
+    "markdown_table",
+]
+
+DETECTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("image_auroc", "image AUROC"),
+    ("image_ap", "image AP"),
+    ("image_f1", "F1 @thr"),
+    ("image_accuracy", "accuracy @thr"),
+    ("image_recall", "recall @thr"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("pixel_auroc_foreground", "pixel AUROC (fg)"),
+    ("aupro", "AUPRO"),
+    ("aupro_foreground", "AUPRO (fg)"),
+    ("best_dice", "best Dice"),
+    ("dice", "Dice @thr"),
+    ("volume_auroc", "volume AUROC"),
+)
+"""Detection and localisation columns: ``metrics.json`` keys of the bundles' evaluation and their headers."""
+
+COST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("train_s", "training s"),
+    ("slices_per_s", "slices/s (model)"),
+    ("volume_s", "s / volume"),
+    ("peak_memory_mib", "peak memory MiB"),
+    ("parameters", "parameters"),
+    ("gflops_per_slice", "GFLOP / slice"),
+)
+"""Cost columns: training wall time per seed, then the benchmark of the first seed's model."""
+
+_DIGITS = {"train_s": 0, "volume_s": 1, "slices_per_s": 1, "peak_memory_mib": 0, "parameters": 0, "gflops_per_slice": 2}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def aggregate(values: Iterable[Any]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation and count of the finite numbers among ``values``.
+
+    Args:
+        values: one value per seed; ``None``, NaN and non-numbers are skipped.
+
+    Returns:
+        ``{"mean", "std", "n"}``; ``std`` is 0 for one value; ``mean`` and ``std`` are ``None`` for none.
+
+    Example:
+        >>> aggregate([0.8, 0.9, None])
+        {'mean': 0.85, 'std': 0.07071067811865474, 'n': 2}
+    """
+    finite = [v for v in (_number(x) for x in values) if v is not None]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return {"mean": float(np.mean(finite)), "std": std, "n": len(finite)}
+
+
+def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """:func:`aggregate` for every numeric key found in any of ``runs`` (one flat dict per seed), in sorted order."""
+    keys = sorted({k for run in runs for k, v in run.items() if _number(v) is not None})
+    return {key: aggregate(run.get(key) for run in runs) for key in keys}
+
+
+def format_stat(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``"0.812 ± 0.012"``, ``"0.812"`` for one seed, ``"–"`` when undefined.
+
+    Example:
+        >>> format_stat({"mean": 0.8123, "std": 0.0121, "n": 3})
+        '0.812 ± 0.012'
+    """
+    if not stat or stat.get("mean") is None:
+        return "–"
+    mean = f"{stat['mean']:,.{digits}f}"
+    if stat.get("n", 1) > 1:
+        return f"{mean} ± {stat['std']:,.{digits}f}"
+    return mean
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (strict JSON), numpy scalars as numbers, paths as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], section: str) -> str:
+    """A markdown table, one row per entry of ``rows`` with its ``name`` and ``section`` stats; failures say so.
+
+    Args:
+        rows: the ``results.json`` rows (``name``, ``status``, ``error``, the ``section`` dict of stats and, when
+            known, ``input_size``, shown after the name).
+        columns: ``(key, header)`` pairs.
+        section: ``"metrics"`` or ``"cost"``.
+    """
+    lines = [
+        "| detector | " + " | ".join(header for _, header in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        if row["status"] != "ok":
+            cells = ["failed"] + [""] * (len(columns) - 1)
+        else:
+            cells = [format_stat(row[section].get(key), _DIGITS.get(key, 3)) for key, _ in columns]
+        name = f"{row['name']} ({row['input_size']})" if row.get("input_size") else row["name"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _used_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], section: str) -> list:
+    """The columns that at least one successful row has a value for."""
+    ok = [row for row in rows if row["status"] == "ok"]
+    used = [c for c in columns if any((row[section].get(c[0]) or {}).get("mean") is not None for row in ok)]
+    return used or list(columns[:1])
+
+
+def markdown_report(results: Mapping[str, Any]) -> str:
+    """The ``results.md`` text: settings, the detection table, the cost table, failures and notes."""
+    rows = results["rows"]
+    settings = results["settings"]
+    env = results["environment"]
+    budget = settings["budget"]
+    test = results.get("test_set", {})
+    seeds = ", ".join(str(s) for s in settings["seeds"])
+    size = "x".join(str(s) for s in budget["image_size"]) if budget.get("image_size") else "each config's default"
+    lines = [
+        "# Detector comparison",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"- dataset: `{settings['dataset']}` (training on `{settings['train_dataset']}`); test set: "
+        f"{test.get('n_files', '?')} {test.get('kind', '')} files, {test.get('n_slices', '?')} slices "
+        f"({test.get('n_abnormal_slices', '?')} abnormal)",
+        f"- seeds: {seeds}; figures are mean ± sample standard deviation over the seeds",
+        f"- budget: image size {size}, epochs {budget.get('max_epochs') or 'config default'}, batch size "
+        f"{budget.get('batch_size') or 'config default'}; overrides `{json.dumps(budget.get('overrides') or {})}`; "
+        f"checkpoints {json.dumps(budget['checkpoints']) if budget.get('checkpoints') else 'trained here'}",
+        f"- device: {env['device']}: {env['device_name']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch "
+        f"threads); python {env['python']}, torch {env['torch']}, monai {env['monai']}, numpy {env['numpy']}",
+        f"- date: {results['date']}; total wall time {results['wall_s'] / 60:.1f} min",
+        "",
+        "## Detection and localisation",
+        "",
+        markdown_table(rows, _used_columns(rows, DETECTION_COLUMNS, "metrics"), "metrics"),
+        "",
+        "## Cost",
+        "",
+        markdown_table(rows, COST_COLUMNS, "cost"),
+        "",
+    ]
+    failed = [row for row in rows if row["status"] != "ok"]
+    if failed:
+        lines += ["## Failed", ""] + [f"- {row['name']}: {row['error']}" for row in failed] + [""]
+    volume = results.get("benchmark_volume_shape")
+    lines += [
+        "## Notes",
+        "",
+        "- Image metrics are per slice (a slice is abnormal when its mask has an anomalous pixel); `@thr` = at the "
+        "threshold each model calibrated on held-out normal training images (nothing is chosen on the test split). "
+        "Pixel metrics over all pixels of the evaluated slices and, `(fg)`, inside the foreground; AUPRO integrated "
+        "up to FPR 0.3 and normalised. Best Dice is an upper bound that uses the ground truth.",
+        "- Checkpoints: the last epoch, unless a bundle's documented label-free criterion picks another (AnomalyPro: "
+        "pseudo-AUC on unlabelled `train/mixed`).",
+        "- Training s: wall time of the training command (process start-up included), mean over seeds. Slices/s: "
+        "the model alone on device-resident batches; s / volume: one "
+        f"{'x'.join(map(str, volume)) if volume else '?'} NIfTI volume read → maps → write; peak memory: "
+        "`torch.cuda.max_memory_allocated` on CUDA, peak RSS of the benchmark process on the CPU; FLOPs counted by "
+        "`torch.utils.flop_counter.FlopCounterMode` (one multiply-add = 2) at the configured size. All from "
+        "`tools.benchmark.run_benchmark` on the first seed's model.",
+        "- Figures: `roc_image.png`, `roc_pixel.png`, `score_histograms.png`, `overlays.png` (first seed).",
+        "",
+    ]
+    return "\n".join(lines)

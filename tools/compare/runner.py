@@ -1,0 +1,353 @@
+"""The comparison runs: each bundle trained, run and evaluated through its own configs, for every seed.
+
+Every step is the user's command: :func:`tools.bundles.run_bundle` starts ``python -m monai.bundle run`` with the
+bundle's ``train.json`` (run id ``training``), ``inference.json`` over ``<dataset>/test`` and ``evaluate.json``
+against the dataset's ground truth. The network of the first seed is then benchmarked in this process with
+:func:`tools.benchmark.run_benchmark`. A bundle whose step fails is reported with a one-line error and the others go
+on. Layout of the output folder::
+
+    <output_dir>/results.json, results.md, roc_image.png, roc_pixel.png, score_histograms.png, overlays.png
+    <output_dir>/runs/<bundle>/seed<k>/models/model.pt   training output (with train/ logs and TensorBoard)
+    <output_dir>/runs/<bundle>/seed<k>/maps/             inference: <stem>_anomaly.nii.gz, scores.csv
+    <output_dir>/runs/<bundle>/seed<k>/eval/             evaluation: metrics.json and the bundle's own plots
+    <output_dir>/runs/<bundle>/seed<k>/logs/             train.log, inference.log, evaluate.log
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+from common.data import discover_dataset, is_nifti
+from common.evaluation import write_json_atomic
+from common.io import atomic_output
+from tools.benchmark import DEFAULT_VOLUME_SHAPE, _resolve_device, environment_info, run_benchmark
+from tools.bundles import BundleRunError, bundle_dir, run_bundle
+from tools.compare.figures import save_comparison_figures
+from tools.compare.predictions import SlicePredictions, load_predictions
+from tools.compare.report import aggregate, aggregate_runs, json_safe, markdown_report
+
+__all__ = ["CONFIGS", "CompareSettings", "compare", "config_overrides", "one_line_error"]
+
+CONFIGS = ("train.json", "inference.json", "evaluate.json")
+
+
+@dataclass
+class CompareSettings:
+    """What to compare and how.
+
+    Attributes:
+        dataset: the test dataset (DESIGN.md layout with ``test/`` and ``ground_truth/``).
+        bundles: bundle names under ``bundles/``.
+        output_dir: where everything is written.
+        seeds: one training (and evaluation) per seed.
+        train_dataset: the dataset to train on; ``None``: ``dataset``.
+        max_epochs: training epochs; ``None``: each config's default.
+        batch_size: training batch size; ``None``: each config's default.
+        image_size: network input ``[H, W]``; ``None``: each config's default.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; ``None``: CUDA when available, else the CPU.
+        overrides: config ids and values for every bundle (each goes to the configs that define its top-level id).
+        bundle_overrides: per bundle, more overrides (after ``overrides``).
+        checkpoints: per bundle, a ``model.pt`` to evaluate instead of training (one run, no seeds).
+        peers: anomalib reference models to add (:mod:`tools.compare.peers`).
+        bench_batch_size: slices per forward pass in the benchmark.
+        bench_iterations: timed forward passes in the benchmark.
+        volume_shape: the benchmark's synthetic volume; ``None``: the first test volume's shape for a 3D test set,
+            else 240 x 240 x 155.
+        n_overlays: test slices in the overlay grid.
+        timeout_s: seconds before one bundle command is stopped (``None``: no limit).
+        command: the command line, recorded in the report.
+    """
+
+    dataset: Path
+    bundles: list[str]
+    output_dir: Path
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_dataset: Path | None = None
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    image_size: list[int] | None = None
+    device: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    bundle_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    peers: list[str] = field(default_factory=list)
+    bench_batch_size: int = 8
+    bench_iterations: int = 3
+    volume_shape: tuple[int, int, int] | None = None
+    n_overlays: int = 6
+    timeout_s: float | None = None
+    command: str = ""
+
+
+def _config_ids(bundle: str, config: str) -> set[str]:
+    return set(json.loads((bundle_dir(bundle) / "configs" / config).read_text()))
+
+
+def config_overrides(bundle: str, overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Split overrides by config: each goes to the configs of ``bundle`` that define its top-level id.
+
+    Args:
+        bundle: bundle name.
+        overrides: ids (``#`` for nesting) and values.
+
+    Returns:
+        ``{config file name: {id: value}}`` for :data:`CONFIGS`.
+
+    Raises:
+        ValueError: for an id that none of the bundle's configs defines (the message names the bundle and the id).
+    """
+    ids = {config: _config_ids(bundle, config) for config in CONFIGS}
+    unknown = [key for key in overrides if not any(key.split("#")[0] in ids[c] for c in CONFIGS)]
+    if unknown:
+        msg = f"override {unknown[0]!r}: no such id in bundles/{bundle}/configs/{{{','.join(CONFIGS)}}}"
+        raise ValueError(msg)
+    return {c: {k: v for k, v in overrides.items() if k.split("#")[0] in ids[c]} for c in CONFIGS}
+
+
+_ERROR_LINE = re.compile(r"(\b\w*(Error|Exception)\b: |Error: | - ERROR - )")
+
+
+def one_line_error(error: BaseException, limit: int = 300) -> str:
+    """The most telling line of an error: the last ``...Error: ...`` line of a bundle's output, else the first line."""
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"timed out after {error.timeout:.0f} s"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    matches = [line for line in lines[1:] if _ERROR_LINE.search(line)]
+    line = matches[-1] if matches else lines[0]
+    line = line.split(" - ERROR - ", 1)[-1]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _test_set(dataset: Path) -> dict[str, Any]:
+    """Files of the test split, whether they are 3D volumes, and the first volume's shape."""
+    records = discover_dataset(dataset, require_test=True).test
+    shape = None
+    for record in records:
+        if is_nifti(record.image):
+            candidate = tuple(int(s) for s in nib.load(str(record.image)).shape)
+            if len(candidate) == 3:
+                shape = candidate
+                break
+    return {"n_files": len(records), "kind": "3D" if shape else "2D", "volume_shape": list(shape) if shape else None}
+
+
+class _Step:
+    """Progress over the whole comparison: a tqdm bar whose description names the current step."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True)
+
+    def start(self, text: str) -> None:
+        self.bar.set_description_str(text)
+
+    def done(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _run_seed(
+    bundle: str, seed: int, settings: CompareSettings, split: Mapping[str, dict[str, Any]], step: _Step
+) -> dict[str, Any]:
+    """Train (or take the given checkpoint), infer over ``test/`` and evaluate; returns the run's record."""
+    run_dir = settings.output_dir / "runs" / bundle / f"seed{seed}"
+    logs = run_dir / "logs"
+    common = {"seed": seed, "device": settings.device, "image_size": settings.image_size}
+    common = {k: v for k, v in common.items() if v is not None}
+    run: dict[str, Any] = {"seed": seed, "run_dir": str(run_dir)}
+
+    def call(config: str, run_id: str, paths: dict[str, Any], log: str) -> float:
+        ids = _config_ids(bundle, config)
+        overrides = {**{k: v for k, v in common.items() if k in ids}, **split[config], **paths}
+        return _timed(
+            lambda: run_bundle(bundle, config, run_id, overrides, log_file=logs / log, timeout=settings.timeout_s)
+        )
+
+    checkpoint = settings.checkpoints.get(bundle)
+    step.start(f"{bundle} seed {seed}: training")
+    if checkpoint is None:
+        train = {"dataset_dir": settings.train_dataset or settings.dataset, "ckpt_dir": run_dir / "models"}
+        train["output_dir"] = run_dir / "train"
+        train.update({k: v for k, v in (("max_epochs", settings.max_epochs), ("batch_size", settings.batch_size)) if v})
+        run["train_s"] = call("train.json", "training", train, "train.log")
+        checkpoint = run_dir / "models" / "model.pt"
+    run["checkpoint"] = str(checkpoint)
+    step.done()
+    step.start(f"{bundle} seed {seed}: inference")
+    paths = {"dataset_dir": settings.dataset / "test", "output_dir": run_dir / "maps", "ckpt_path": checkpoint}
+    run["inference_s"] = call("inference.json", "run", paths, "inference.log")
+    step.done()
+    step.start(f"{bundle} seed {seed}: evaluation")
+    paths = {"dataset_dir": settings.dataset, "output_dir": run_dir / "eval", "ckpt_path": checkpoint}
+    run["evaluate_s"] = call("evaluate.json", "run", paths, "evaluate.log")
+    run["metrics"] = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    step.done()
+    return run
+
+
+def _benchmark(
+    bundle: str, checkpoint: str, settings: CompareSettings, overrides: Mapping[str, Any], shape: Sequence[int]
+) -> dict[str, Any]:
+    """:func:`tools.benchmark.run_benchmark` on the trained model and the cost figures the report shows."""
+    bench = run_benchmark(
+        bundle,
+        image_size=None if "image_size" in overrides else settings.image_size,
+        batch_size=settings.bench_batch_size,
+        iterations=settings.bench_iterations,
+        volume_shape=shape,
+        device=settings.device,
+        overrides=overrides,
+        checkpoint=checkpoint,
+        warmup=1,
+    )
+    memory = bench["memory"]
+    peaks = [m["peak_mib"] for m in (memory["model"], memory["end_to_end"]) if m.get("peak_mib") is not None]
+    size = "x".join(str(v) for v in bench["settings"]["image_size"])
+    cost = {
+        "slices_per_s": bench["throughput"]["slices_per_s"],
+        "volume_s": bench["end_to_end"]["total_s"],
+        "peak_memory_mib": max(peaks) if peaks else None,
+        "parameters": bench["model"]["parameters_total"],
+        "gflops_per_slice": bench["model"]["flops_per_slice"] / 1e9,
+    }
+    return {"cost": cost, "benchmark": bench, "input_size": size}
+
+
+def _bundle_row(
+    bundle: str, settings: CompareSettings, shape: Sequence[int], step: _Step
+) -> tuple[dict[str, Any], SlicePredictions | None]:
+    """All seeds of one bundle, its benchmark and its first seed's predictions; a failure ends the bundle's row."""
+    seeds = settings.seeds[:1] if bundle in settings.checkpoints else settings.seeds
+    row: dict[str, Any] = {"name": bundle, "kind": "bundle", "status": "ok", "error": None, "runs": []}
+    remaining = 3 * len(seeds) + 1
+    where = "configuration"
+    try:
+        overrides = {**settings.overrides, **settings.bundle_overrides.get(bundle, {})}
+        split = config_overrides(bundle, overrides)
+        for seed in seeds:
+            where = f"seed {seed}"
+            row["runs"].append(_run_seed(bundle, seed, settings, split, step))
+            remaining -= 3
+        where = "benchmark"
+        step.start(f"{bundle}: benchmark")
+        row.update(_benchmark(bundle, row["runs"][0]["checkpoint"], settings, split["inference.json"], shape))
+        step.done()
+        remaining -= 1
+        where = "reading the maps"
+        axis = int(overrides.get("slice_axis", 2))
+        predictions = load_predictions(Path(row["runs"][0]["run_dir"]) / "maps", settings.dataset, axis)
+    except (BundleRunError, subprocess.TimeoutExpired, ValueError, OSError, RuntimeError, KeyError) as error:
+        step.done(remaining)
+        row.update(status="failed", error=f"{where}: {one_line_error(error)}")
+        return row, None
+    row["metrics"] = aggregate_runs([run["metrics"] for run in row["runs"]])
+    row["cost"]["train_s"] = aggregate(run.get("train_s") for run in row["runs"])
+    row["cost"] = {k: v if isinstance(v, dict) else aggregate([v]) for k, v in row["cost"].items()}
+    return row, predictions
+
+
+def _write_outputs(results: dict[str, Any], output_dir: Path) -> None:
+    write_json_atomic(output_dir / "results.json", json_safe(results))
+    with atomic_output(output_dir / "results.md") as tmp:
+        tmp.write_text(markdown_report(results))
+
+
+def compare(settings: CompareSettings, progress: bool = True) -> dict[str, Any]:
+    """Run the whole comparison and write its outputs; returns the ``results.json`` contents.
+
+    Args:
+        settings: what to compare.
+        progress: show a progress bar over every step (stderr).
+
+    Raises:
+        ValueError: for a missing dataset, an unknown bundle, a bad device or an unavailable peer (before anything
+            runs; failures of a bundle itself are reported in its row instead).
+    """
+    start = time.perf_counter()
+    for name in settings.bundles:
+        bundle_dir(name)  # unknown bundle: ValueError listing the available ones
+    for folder in {settings.dataset, settings.train_dataset or settings.dataset}:
+        if not Path(folder).is_dir():
+            msg = f"{folder}: dataset folder not found"
+            raise ValueError(msg)
+    device = _resolve_device(settings.device)
+    if settings.peers:
+        from tools.compare.peers import check_peers
+
+        check_peers(settings.peers)
+    test_set = _test_set(settings.dataset)
+    shape = settings.volume_shape or test_set["volume_shape"] or DEFAULT_VOLUME_SHAPE
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+
+    runs_per_bundle = [(1 if b in settings.checkpoints else len(settings.seeds)) for b in settings.bundles]
+    total = sum(3 * n + 1 for n in runs_per_bundle) + len(settings.peers) * len(settings.seeds) + 1
+    step = _Step(total, progress)
+    budget = {
+        "image_size": settings.image_size,
+        "max_epochs": settings.max_epochs,
+        "batch_size": settings.batch_size,
+        "overrides": {**({"*": settings.overrides} if settings.overrides else {}), **settings.bundle_overrides},
+        "checkpoints": {k: str(v) for k, v in settings.checkpoints.items()},
+    }
+    results: dict[str, Any] = {
+        "command": settings.command,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": {**json_safe(asdict(settings)), "budget": budget},
+        "environment": environment_info(device),
+        "test_set": test_set,
+        "benchmark_volume_shape": list(shape),
+        "rows": [],
+        "wall_s": 0.0,
+    }
+    results["settings"]["dataset"] = str(settings.dataset)
+    results["settings"]["train_dataset"] = str(settings.train_dataset or settings.dataset)
+    predictions: dict[str, SlicePredictions] = {}
+    thresholds: dict[str, float | None] = {}
+    try:
+        for bundle in settings.bundles:
+            row, pred = _bundle_row(bundle, settings, shape, step)
+            results["rows"].append(row)
+            if pred is not None:
+                predictions[bundle] = pred
+                thresholds[bundle] = row["runs"][0]["metrics"].get("image_threshold")
+                metrics = row["runs"][0]["metrics"]
+                test_set.update(n_slices=metrics.get("n_slices"), n_abnormal_slices=metrics.get("n_abnormal_slices"))
+            results["wall_s"] = time.perf_counter() - start
+            _write_outputs(results, settings.output_dir)
+        if settings.peers:
+            from tools.compare.peers import run_peers
+
+            for row, pred in run_peers(settings, step):
+                results["rows"].append(row)
+                if pred is not None:
+                    predictions[row["name"]] = pred
+                    thresholds[row["name"]] = None
+        step.start("figures")
+        results["figures"] = [
+            p.name for p in save_comparison_figures(predictions, thresholds, settings.output_dir, settings.n_overlays)
+        ]
+        step.done()
+    finally:
+        step.close()
+        results["wall_s"] = time.perf_counter() - start
+        _write_outputs(results, settings.output_dir)
+    return results
