@@ -47,6 +47,7 @@ __all__ = [
     "list_input_files",
     "predict_volume",
     "predict_volume_outputs",
+    "score_volume",
     "write_csv_atomic",
 ]
 
@@ -147,11 +148,30 @@ def predict_volume_outputs(
                 raise ValueError(msg)
             extras[str(name)] = value[0].float().cpu().numpy()
         raw = raw[ANOMALY_OUTPUT]
-    slices = raw[0, 0].float().movedim(loaded.axis, 0)[:, None]
-    foreground = torch.from_numpy(loaded.foreground).to(device).movedim(loaded.axis, 0)[:, None]
-    maps = scorer.maps(slices, foreground)
-    scores = scorer.image_scores(maps, foreground)
-    return maps[:, 0].movedim(0, loaded.axis).cpu().numpy(), scores.cpu().numpy(), extras
+    foreground = torch.from_numpy(loaded.foreground).to(device)
+    maps, scores = score_volume(raw[0, 0], foreground, loaded.axis, scorer)
+    return maps.cpu().numpy(), scores.cpu().numpy(), extras
+
+
+def score_volume(
+    raw: torch.Tensor, foreground: torch.Tensor, axis: int, scorer: MapScorer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final anomaly maps and slice scores of a volume from the network's raw maps, slice by slice.
+
+    Args:
+        raw: the stitched raw maps ``(X, Y, Z)``.
+        foreground: the foreground ``(X, Y, Z)`` (boolean or 0/1).
+        axis: the slicing axis.
+        scorer: smoothing, foreground restriction and image score (applied to each slice).
+
+    Returns:
+        ``(maps, slice_scores)``: float maps ``(X, Y, Z)`` (zero outside the foreground) and one score per slice.
+    """
+    slices = raw.float().movedim(axis, 0)[:, None]
+    inside = foreground.to(slices.device).movedim(axis, 0)[:, None]
+    maps = scorer.maps(slices, inside)
+    scores = scorer.image_scores(maps, inside)
+    return maps[:, 0].movedim(0, axis), scores
 
 
 def predict_volume(

@@ -33,7 +33,9 @@ __all__ = [
     "clip_gradients",
     "linear_warmup",
     "load_checkpoint",
+    "load_thresholds",
     "predict_maps",
+    "read_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -285,6 +287,16 @@ def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -
     Raises:
         FileNotFoundError: when the file does not exist (with the command that writes it).
     """
+    _unwrap(network).load_state_dict(read_state_dict(path), strict=strict)
+    return network
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """The network ``state_dict`` of ``model.pt`` (read with ``weights_only=True``; unwraps ``{"model": ...}``).
+
+    Raises:
+        FileNotFoundError: when the file does not exist (with the command that writes it).
+    """
     path = Path(path)
     if not path.is_file():
         msg = f"{path}: model checkpoint not found; train first (python -m monai.bundle run training ...)"
@@ -292,5 +304,22 @@ def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    _unwrap(network).load_state_dict(state, strict=strict)
-    return network
+    return state
+
+
+def load_thresholds(path: str | Path) -> tuple[float, float]:
+    """``(pixel_threshold, image_threshold)`` calibrated during training, read from ``model.pt``.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when the checkpoint holds no calibrated thresholds.
+    """
+    state = read_state_dict(path)
+    values = []
+    for name in ("pixel_threshold", "image_threshold"):
+        found = [value for key, value in state.items() if key.split(".")[-2:] == ["calibration", name]]
+        if len(found) != 1 or not torch.isfinite(torch.as_tensor(found[0])).all():
+            msg = f"{path}: no calibrated {name} in the checkpoint (train with calibration, calibration_fraction > 0)"
+            raise ValueError(msg)
+        values.append(float(found[0]))
+    return values[0], values[1]

@@ -28,6 +28,7 @@ __all__ = [
     "SliceWiseInferer",
     "load_record",
     "load_slices",
+    "normalize_with_foreground",
     "select_slices",
     "write_map",
 ]
@@ -132,23 +133,47 @@ def load_record(record: ImageRecord, settings: SliceSettings) -> LoadedImage:
     if is_volume and not is_nifti(record.image):
         msg = f"{record.image}: 3D data is only read from NIfTI files, got shape {tuple(data.shape)}"
         raise ValueError(msg)
-    # NIfTI data (2D or 3D) is never treated as an 8-bit picture by the 'auto' intensity mode
-    image = normalize_intensity(torch.as_tensor(data), settings.intensity, is_volume or is_nifti(record.image)).numpy()
-    shape = image.shape
+    shape = tuple(data.shape)
     mask = _load_mask(record.mask, shape, record.image, "mask") if record.mask is not None else None
-    if settings.foreground == "none":
-        foreground = np.ones(shape, dtype=bool)
-    elif record.foreground is not None and settings.foreground in ("auto", "file"):
-        foreground = _load_mask(record.foreground, shape, record.image, "foreground mask")
-    elif settings.foreground in ("auto", "compute"):
-        foreground = compute_foreground(image)
-    else:
-        foreground = np.ones(shape, dtype=bool)
+    foreground_file = None
+    if record.foreground is not None and settings.foreground in ("auto", "file"):
+        foreground_file = _load_mask(record.foreground, shape, record.image, "foreground mask")
+    image, foreground = normalize_with_foreground(data, settings, is_volume or is_nifti(record.image), foreground_file)
     axis = settings.axis if is_volume else 2
     if not is_volume:
         image, foreground = image[..., None], foreground[..., None]
         mask = mask[..., None] if mask is not None else None
     return LoadedImage(record, image.astype(np.float32), foreground, mask, is_volume, axis)
+
+
+def normalize_with_foreground(
+    data: np.ndarray | torch.Tensor,
+    settings: SliceSettings,
+    from_volume_file: bool,
+    foreground_file: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise one image or volume (per image / per volume) and give its foreground.
+
+    Args:
+        data: raw intensities ``(X, Y)`` or ``(X, Y, Z)``.
+        settings: the intensity and foreground settings.
+        from_volume_file: the array comes from a NIfTI file (never treated as an 8-bit picture by ``"auto"``).
+        foreground_file: the foreground mask read from the dataset, if any (used by the ``"auto"`` and ``"file"``
+            modes).
+
+    Returns:
+        ``(image, foreground)``: float32 intensities in [0, 1] and a boolean foreground of the same shape.
+    """
+    image = normalize_intensity(torch.as_tensor(data), settings.intensity, from_volume_file).numpy().astype(np.float32)
+    if settings.foreground == "none":
+        foreground = np.ones(image.shape, dtype=bool)
+    elif foreground_file is not None and settings.foreground in ("auto", "file"):
+        foreground = np.asarray(foreground_file, dtype=bool)
+    elif settings.foreground in ("auto", "compute"):
+        foreground = compute_foreground(image)
+    else:
+        foreground = np.ones(image.shape, dtype=bool)
+    return image, foreground
 
 
 def select_slices(loaded: LoadedImage, settings: SliceSettings) -> list[int]:

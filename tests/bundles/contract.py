@@ -11,7 +11,8 @@ import csv
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,7 @@ def check_config_properties(
     ``overrides`` are further config values handed to ``ConfigWorkflow`` (e.g. a tiny network).
     """
     root = REPO_ROOT / "bundles" / bundle
-    # every bundle names its package ``scripts``: hide another bundle's from this import and restore it afterwards
-    saved = {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(root))
-    try:
+    with bundle_scripts(root):
         workflow = ConfigWorkflow(
             config_file=str(configs_dir(bundle) / config),
             meta_file=str(configs_dir(bundle) / "metadata.json"),
@@ -73,6 +69,18 @@ def check_config_properties(
         )
         workflow.initialize()
         assert not workflow.check_properties()
+
+
+@contextmanager
+def bundle_scripts(root: Path) -> Iterator[None]:
+    """Make ``<root>/scripts`` the importable ``scripts`` package; restore any other bundle's afterwards."""
+    # every bundle names its package ``scripts``: hide another bundle's from this import and restore it afterwards
+    saved = {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(root))
+    try:
+        yield
     finally:
         sys.path.remove(str(root))
         for name in [name for name in sys.modules if name == "scripts" or name.startswith("scripts.")]:
@@ -80,8 +88,11 @@ def check_config_properties(
         sys.modules.update(saved)
 
 
-def check_metadata_verifies(bundle: str) -> None:
-    """``metadata.json`` passes ``verify_metadata`` offline against MONAI's schema (skipped when it is absent)."""
+def check_metadata_verifies(bundle: str, meta_file: Path | None = None) -> None:
+    """``metadata.json`` passes ``verify_metadata`` offline against MONAI's schema (skipped when it is absent).
+
+    ``meta_file`` checks another copy of the bundle's metadata (e.g. an exported bundle's).
+    """
     if not SCHEMA.is_file():
         pytest.skip(f"{SCHEMA} is absent")
     result = subprocess.run(
@@ -91,7 +102,7 @@ def check_metadata_verifies(bundle: str) -> None:
             "monai.bundle",
             "verify_metadata",
             "--meta_file",
-            str(configs_dir(bundle) / "metadata.json"),
+            str(meta_file or configs_dir(bundle) / "metadata.json"),
             "--filepath",
             str(SCHEMA),
         ],
