@@ -1,0 +1,149 @@
+"""``tools.export_bundle``: a standalone bundle runs without this repository and gives the in-repository outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.bundles import contract
+from tools.bundles import REPO_ROOT, run_bundle
+from tools.export_bundle import common_closure, export_bundle, main, rewrite_config, rewrite_source
+from tools.phantoms import write_dataset
+
+TINY = {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16}
+
+
+def test_rewrite_source_points_common_imports_at_the_vendored_copy():
+    source = (
+        "from common.io import atomic_output\nimport common.data\n    from common import scoring\nx = 'common.io'\n"
+    )
+    assert rewrite_source(source) == (
+        "from scripts.common.io import atomic_output\nimport scripts.common.data\n"
+        "    from scripts.common import scoring\nx = 'common.io'\n"
+    )
+
+
+def test_rewrite_config_changes_targets_expressions_and_bundle_root():
+    config = {
+        "bundle_root": "$'bundles/ms_nf' if os.path.isdir('bundles/ms_nf') else '.'",
+        "a": {"_target_": "common.volumes.SliceSettings", "axis": "@slice_axis"},
+        "b": ["$common.io.atomic_output(@x)", "$@scripts.common_thing", "uncommon.x"],
+    }
+    assert rewrite_config(config) == {
+        "bundle_root": ".",
+        "a": {"_target_": "scripts.common.volumes.SliceSettings", "axis": "@slice_axis"},
+        "b": ["$scripts.common.io.atomic_output(@x)", "$@scripts.common_thing", "uncommon.x"],
+    }
+
+
+def test_common_closure_follows_imports_and_rejects_unknown_modules():
+    assert {"volumes", "data", "foreground", "io"} <= set(common_closure({"volumes"}))
+    with pytest.raises(ValueError, match="common.nope"):
+        common_closure({"nope"})
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    assert main(["nope", str(tmp_path)]) == 2
+    assert "unknown bundle 'nope'" in capsys.readouterr().err
+    assert main(["ms_nf", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _isolated_env() -> dict[str, str]:
+    """Site-packages only, without ``.pth`` processing: the editable install of this repository is not active."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return {**env, "PYTHONPATH": sysconfig.get_paths()["purelib"], "OMP_NUM_THREADS": "1"}
+
+
+def _standalone(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-S", *args]
+    return subprocess.run(command, cwd=cwd, env=_isolated_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny trained MS-NF exported with its zip, and a folder of test volumes: ``(export, zip, inputs)``."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_dataset(root / "data", dims=3, n_train=4, n_test_good=1, n_test_lesion=1, size=48, depth=12)
+    checkpoint = contract.train("ms_nf", {**TINY, "dataset_dir": data, "max_epochs": 1, "batch_size": 8}, root)
+    target = export_bundle("ms_nf", root / "dist", checkpoint, make_zip=True)
+    return target, root / "dist" / "ms_nf.zip", data / "test"
+
+
+def test_export_layout_and_zip(exported):
+    target, archive, _ = exported
+    for part in ("LICENSE", "docs/README.md", "models/model.pt", "configs/inference.json", "configs/metadata.json"):
+        assert (target / part).is_file(), part
+    assert (target / "scripts" / "common" / "transforms.py").is_file()
+    for source in (target / "scripts").rglob("*.py"):
+        assert not re.search(r"^\s*(from|import)\s+common\b", source.read_text(), flags=re.M), source
+    with zipfile.ZipFile(archive) as handle:
+        names = set(handle.namelist())
+    assert {"ms_nf/models/model.pt", "ms_nf/scripts/common/volumes.py", "ms_nf/configs/inference.json"} <= names
+    assert not [name for name in names if "__pycache__" in name]
+    with pytest.raises(ValueError, match="already exists"):
+        export_bundle("ms_nf", target.parent, target / "models" / "model.pt")
+
+
+def test_exported_metadata_verifies(exported):
+    contract.check_metadata_verifies("ms_nf", exported[0] / "configs" / "metadata.json")
+
+
+def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_path):
+    target, _, inputs = exported
+    probe = _standalone(["-c", "import sys, common"], cwd=target)
+    assert "No module named 'common'" in probe.stderr, "the repository's common must not be importable"
+    probe = _standalone(
+        ["-c", "import json, os, sys; print(json.dumps([os.path.realpath(p) for p in sys.path]))"], target
+    )
+    assert str(REPO_ROOT.resolve()) not in json.loads(probe.stdout)
+    overrides = [arg for key, value in TINY.items() for arg in (f"--{key}", str(value).replace(" ", ""))]
+    result = _standalone(
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--dataset_dir",
+            str(inputs),
+            "--output_dir",
+            str(tmp_path / "standalone"),
+            "--device",
+            "cpu",
+            *overrides,
+        ],
+        cwd=target,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_bundle(
+        "ms_nf",
+        "inference.json",
+        overrides={
+            **TINY,
+            "ckpt_path": target / "models" / "model.pt",
+            "dataset_dir": inputs,
+            "output_dir": tmp_path / "repo",
+            "device": "cpu",
+        },
+        timeout=600,
+    )
+    outputs = sorted(p.name for p in (tmp_path / "repo").glob("*.nii.gz"))
+    assert len(outputs) == 4 and outputs == sorted(p.name for p in (tmp_path / "standalone").glob("*.nii.gz"))
+    for name in outputs:
+        ours, theirs = nib.load(tmp_path / "standalone" / name), nib.load(tmp_path / "repo" / name)
+        np.testing.assert_allclose(ours.get_fdata(), theirs.get_fdata(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(ours.affine, theirs.affine)
+    rows = [list(csv.reader((tmp_path / d / "scores.csv").open())) for d in ("standalone", "repo")]
+    assert rows[0] == rows[1]

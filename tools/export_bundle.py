@@ -1,0 +1,200 @@
+"""Export a bundle as a standalone MONAI bundle folder (and zip) that works without this repository installed.
+
+The export holds ``configs/``, ``docs/``, ``LICENSE``, the bundle's ``scripts/`` and the trained ``models/model.pt``.
+The modules of ``common`` that the bundle needs (those its configs and scripts name, and what they import in turn)
+are copied into ``scripts/common/``; every ``common.`` import in the copied code and every ``common.`` reference in
+the configs becomes ``scripts.common.``, and ``bundle_root`` becomes ``"."``, as in MONAI model-zoo bundles. The
+result loads in MONAI Label and runs with ``python -m monai.bundle run`` from the export folder::
+
+    python -m tools.export_bundle ms_nf OUT --checkpoint bundles/ms_nf/models/model.pt --zip
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common.io import atomic_output
+from tools.bundles import REPO_ROOT, bundle_dir
+
+__all__ = ["VENDOR_PACKAGE", "common_closure", "export_bundle", "main", "rewrite_config", "rewrite_source"]
+
+VENDOR_PACKAGE = "scripts.common"
+"""Where ``common`` lives inside an exported bundle."""
+COMMON_ROOT = REPO_ROOT / "common"
+_CONFIG_REFERENCE = re.compile(r"(?<![\w.@#])common\.")
+_IMPORT_LINE = re.compile(r"^(\s*)(from|import)\s+common(?=[.\s])", flags=re.M)
+_BUNDLE_PARTS = ("configs", "docs", "scripts", "LICENSE")
+
+
+def _common_modules_in_source(source: str) -> set[str]:
+    """Names of the ``common`` modules a Python source imports (``{"volumes", ...}``)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "common":
+                if len(parts) > 1:
+                    names.add(parts[1])
+                else:
+                    names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "common" and len(parts) > 1:
+                    names.add(parts[1])
+    return names
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _common_modules_in_config(config: Any) -> set[str]:
+    return {m.group(1) for s in _strings(config) for m in re.finditer(r"(?<![\w.@#])common\.(\w+)", s)}
+
+
+def common_closure(roots: set[str]) -> list[str]:
+    """The ``common`` modules ``roots`` need, following their imports of other ``common`` modules.
+
+    Raises:
+        ValueError: when a referenced module does not exist in ``common``.
+    """
+    todo, found = sorted(roots), set()
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        path = COMMON_ROOT / f"{name}.py"
+        if not path.is_file():
+            msg = f"common.{name} is referenced but {path} does not exist"
+            raise ValueError(msg)
+        found.add(name)
+        todo.extend(sorted(_common_modules_in_source(path.read_text()) - found))
+    return sorted(found)
+
+
+def rewrite_source(source: str) -> str:
+    """Point every ``common`` import of a Python source at the vendored copy (``scripts.common``)."""
+    return _IMPORT_LINE.sub(lambda m: f"{m.group(1)}{m.group(2)} {VENDOR_PACKAGE}", source)
+
+
+def rewrite_config(config: Any) -> Any:
+    """Point every ``common.`` reference of a parsed config at ``scripts.common.``; ``bundle_root`` becomes ``"."``."""
+    if isinstance(config, dict):
+        return {key: "." if key == "bundle_root" else rewrite_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [rewrite_config(value) for value in config]
+    if isinstance(config, str):
+        return _CONFIG_REFERENCE.sub(f"{VENDOR_PACKAGE}.", config)
+    return config
+
+
+def _copy_bundle(source: Path, target: Path) -> None:
+    for part in _BUNDLE_PARTS:
+        path = source / part
+        if not path.exists():
+            msg = f"{source}: bundle has no {part}"
+            raise ValueError(msg)
+        if path.is_dir():
+            shutil.copytree(path, target / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(path, target / part)
+
+
+def _vendor_common(target: Path) -> list[str]:
+    configs = [json.loads(p.read_text()) for p in sorted((target / "configs").glob("*.json"))]
+    scripts = sorted((target / "scripts").glob("*.py"))
+    roots = set().union(*(_common_modules_in_config(c) for c in configs))
+    roots |= set().union(*(_common_modules_in_source(p.read_text()) for p in scripts))
+    modules = common_closure(roots)
+    vendor = target / "scripts" / "common"
+    vendor.mkdir()
+    shutil.copy2(COMMON_ROOT / "__init__.py", vendor / "__init__.py")
+    for name in modules:
+        shutil.copy2(COMMON_ROOT / f"{name}.py", vendor / f"{name}.py")
+    for path in [*scripts, *sorted(vendor.glob("*.py"))]:
+        path.write_text(rewrite_source(path.read_text()))
+    for path in sorted((target / "configs").glob("*.json")):
+        path.write_text(json.dumps(rewrite_config(json.loads(path.read_text())), indent=4, ensure_ascii=False) + "\n")
+    return modules
+
+
+def export_bundle(name: str, output_dir: str | Path, checkpoint: str | Path, make_zip: bool = False) -> Path:
+    """Export bundle ``name`` to ``output_dir/<name>`` (and ``output_dir/<name>.zip`` with ``make_zip``).
+
+    The folder is assembled under a temporary name in ``output_dir`` and renamed when complete.
+
+    Args:
+        name: bundle folder name, e.g. ``"ms_nf"``.
+        output_dir: where the export goes.
+        checkpoint: the trained ``model.pt`` to ship.
+        make_zip: also write a zip archive of the folder.
+
+    Returns:
+        The exported bundle folder.
+
+    Raises:
+        ValueError: for an unknown bundle, or when the export folder already exists.
+        FileNotFoundError: when the checkpoint does not exist.
+    """
+    source = bundle_dir(name)
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        msg = f"{checkpoint}: checkpoint not found; train first (python -m monai.bundle run training ...)"
+        raise FileNotFoundError(msg)
+    output_dir = Path(output_dir)
+    target = output_dir / name
+    if target.exists():
+        msg = f"{target}: already exists; remove it or choose another output folder"
+        raise ValueError(msg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output_dir))
+    try:
+        _copy_bundle(source, staging)
+        (staging / "models").mkdir()
+        shutil.copy2(checkpoint, staging / "models" / "model.pt")
+        _vendor_common(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if make_zip:
+        with atomic_output(output_dir / f"{name}.zip") as tmp:
+            shutil.make_archive(str(tmp)[: -len(".zip")], "zip", output_dir, name)  # it appends ".zip" itself
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``uad-export BUNDLE OUTPUT_DIR [--checkpoint model.pt] [--zip]``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", help="bundle name (ms_nf, dnfad, skip_ts, anomalypro)")
+    parser.add_argument("output_dir", type=Path, help="the export goes to OUTPUT_DIR/<bundle>")
+    parser.add_argument("--checkpoint", type=Path, help="trained model.pt (default: bundles/<bundle>/models/model.pt)")
+    parser.add_argument("--zip", action="store_true", help="also write OUTPUT_DIR/<bundle>.zip")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = args.checkpoint or bundle_dir(args.bundle) / "models" / "model.pt"
+        target = export_bundle(args.bundle, args.output_dir, checkpoint, args.zip)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
