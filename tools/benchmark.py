@@ -60,6 +60,7 @@ from common.io import atomic_output
 from common.scoring import volume_score
 from common.training import load_checkpoint
 from common.volumes import load_record, select_slices, write_map
+from tools.arguments import OneLineArgumentParser, UsageError
 from tools.bundles import bundle_dir
 from tools.phantoms import make_volume, volume_affine
 
@@ -658,18 +659,8 @@ def format_table(results: Mapping[str, Any]) -> str:
 # Command line
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """Raise instead of printing the usage, so every bad argument gives one line and exit status 2."""
-        raise _UsageError(message)
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = OneLineArgumentParser(
         prog=PROG,
         description="Benchmark a bundle's network on this device: throughput, peak memory, one NIfTI volume end to "
         "end, parameters and FLOPs.",
@@ -718,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             None if args.image_size is None else (args.image_size * 2 if len(args.image_size) == 1 else args.image_size)
         )
         overrides = parse_overrides(args.override)
-    except (_UsageError, ValueError) as error:
+    except (UsageError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     if not logging.getLogger().handlers:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.io import atomic_output
+from tools.arguments import OneLineArgumentParser, UsageError
 from tools.benchmark import parse_overrides
 from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, markdown_table
 from tools.compare.runner import CompareSettings, compare
@@ -32,19 +33,9 @@ PROG = "python -m tools.compare"
 ALL_BUNDLES = ("ms_nf", "dnfad", "skip_ts", "anomalypro")
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """Raise instead of printing the usage, so every bad argument gives one line and exit status 2."""
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tools.compare``."""
-    parser = _ArgumentParser(
+    parser = OneLineArgumentParser(
         prog=PROG,
         description="Train, run and evaluate several detectors on one dataset over several seeds; write "
         "results.json, results.md and comparison figures.",
@@ -224,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         settings = settings_from_args(args, shlex.join([*PROG.split(), *argv]))
         results = compare(settings, progress=not args.no_progress)
-    except (_UsageError, ValueError) as error:
+    except (UsageError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     if args.report is not None:
