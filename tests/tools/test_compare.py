@@ -259,3 +259,13 @@ def test_one_line_error() -> None:
     )
     assert one_line_error(error) == "ValueError: bad n"
     assert one_line_error(ValueError("first\nsecond")) == "first"
+
+
+def test_peer_maps_are_resized_to_monai_order() -> None:
+    from tools.compare.peers import _resize
+
+    anomaly_map = np.zeros((4, 6), dtype=np.float32)  # anomalib (H, W)
+    anomaly_map[0, 5] = 1.0  # top row, right-most column: x = 5, y = 0
+    out = _resize(anomaly_map, (12, 8))  # MONAI (X, Y) of the test image
+    x, y = np.unravel_index(out.argmax(), out.shape)
+    assert out.shape == (12, 8) and x >= 9 and y <= 1
