@@ -7,6 +7,9 @@ the configs becomes ``scripts.common.``, and ``bundle_root`` becomes ``"."``, as
 result loads in MONAI Label and runs with ``python -m monai.bundle run`` from the export folder::
 
     python -m tools.export_bundle ms_nf OUT --checkpoint bundles/ms_nf/models/model.pt --zip
+
+Settings the model was trained with that differ from the config defaults (its architecture: ``image_size``,
+``n_blocks``...) are baked in with ``--set KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +96,13 @@ def rewrite_source(source: str) -> str:
     return _IMPORT_LINE.sub(lambda m: f"{m.group(1)}{m.group(2)} {VENDOR_PACKAGE}", source)
 
 
-def rewrite_config(config: Any) -> Any:
-    """Point every ``common.`` reference of a parsed config at ``scripts.common.``; ``bundle_root`` becomes ``"."``."""
+def rewrite_config(config: Any, settings: Mapping[str, Any] | None = None) -> Any:
+    """Point every ``common.`` reference of a parsed config at ``scripts.common.``; ``bundle_root`` becomes ``"."``.
+
+    ``settings`` replace top-level values the config defines (e.g. the architecture a model was trained with).
+    """
+    if isinstance(config, dict) and settings:
+        config = {key: settings.get(key, value) for key, value in config.items()}
     if isinstance(config, dict):
         return {key: "." if key == "bundle_root" else rewrite_config(value) for key, value in config.items()}
     if isinstance(config, list):
@@ -115,7 +124,7 @@ def _copy_bundle(source: Path, target: Path) -> None:
             shutil.copy2(path, target / part)
 
 
-def _vendor_common(target: Path) -> list[str]:
+def _vendor_common(target: Path, settings: Mapping[str, Any]) -> list[str]:
     configs = [json.loads(p.read_text()) for p in sorted((target / "configs").glob("*.json"))]
     scripts = sorted((target / "scripts").glob("*.py"))
     roots = set().union(*(_common_modules_in_config(c) for c in configs))
@@ -129,11 +138,18 @@ def _vendor_common(target: Path) -> list[str]:
     for path in [*scripts, *sorted(vendor.glob("*.py"))]:
         path.write_text(rewrite_source(path.read_text()))
     for path in sorted((target / "configs").glob("*.json")):
-        path.write_text(json.dumps(rewrite_config(json.loads(path.read_text())), indent=4, ensure_ascii=False) + "\n")
+        config = rewrite_config(json.loads(path.read_text()), settings)
+        path.write_text(json.dumps(config, indent=4, ensure_ascii=False) + "\n")
     return modules
 
 
-def export_bundle(name: str, output_dir: str | Path, checkpoint: str | Path, make_zip: bool = False) -> Path:
+def export_bundle(
+    name: str,
+    output_dir: str | Path,
+    checkpoint: str | Path,
+    make_zip: bool = False,
+    settings: Mapping[str, Any] | None = None,
+) -> Path:
     """Export bundle ``name`` to ``output_dir/<name>`` (and ``output_dir/<name>.zip`` with ``make_zip``).
 
     The folder is assembled under a temporary name in ``output_dir`` and renamed when complete.
@@ -143,12 +159,14 @@ def export_bundle(name: str, output_dir: str | Path, checkpoint: str | Path, mak
         output_dir: where the export goes.
         checkpoint: the trained ``model.pt`` to ship.
         make_zip: also write a zip archive of the folder.
+        settings: config values to bake into every config that defines them, e.g. the architecture the model was
+            trained with (``{"image_size": [128, 128], "n_blocks": 8}``).
 
     Returns:
         The exported bundle folder.
 
     Raises:
-        ValueError: for an unknown bundle, or when the export folder already exists.
+        ValueError: for an unknown bundle, an export folder that already exists, or a setting no config defines.
         FileNotFoundError: when the checkpoint does not exist.
     """
     source = bundle_dir(name)
@@ -156,6 +174,12 @@ def export_bundle(name: str, output_dir: str | Path, checkpoint: str | Path, mak
     if not checkpoint.is_file():
         msg = f"{checkpoint}: checkpoint not found; train first (python -m monai.bundle run training ...)"
         raise FileNotFoundError(msg)
+    settings = dict(settings or {})
+    known = set().union(*(json.loads(p.read_text()) for p in sorted((source / "configs").glob("*.json"))))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        msg = f"settings {unknown} are not defined by any config of bundle {name!r}"
+        raise ValueError(msg)
     output_dir = Path(output_dir)
     target = output_dir / name
     if target.exists():
@@ -167,7 +191,7 @@ def export_bundle(name: str, output_dir: str | Path, checkpoint: str | Path, mak
         _copy_bundle(source, staging)
         (staging / "models").mkdir()
         shutil.copy2(checkpoint, staging / "models" / "model.pt")
-        _vendor_common(staging)
+        _vendor_common(staging, settings)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -178,17 +202,37 @@ def export_bundle(name: str, output_dir: str | Path, checkpoint: str | Path, mak
     return target
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"expected KEY=VALUE, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``uad-export BUNDLE OUTPUT_DIR [--checkpoint model.pt] [--zip]``."""
+    """Command line: ``uad-export BUNDLE OUTPUT_DIR [--checkpoint model.pt] [--set KEY=VALUE ...] [--zip]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="bundle name (ms_nf, dnfad, skip_ts, anomalypro)")
     parser.add_argument("output_dir", type=Path, help="the export goes to OUTPUT_DIR/<bundle>")
     parser.add_argument("--checkpoint", type=Path, help="trained model.pt (default: bundles/<bundle>/models/model.pt)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config value to bake in (JSON value, e.g. image_size=[128,128]); use the training overrides",
+    )
     parser.add_argument("--zip", action="store_true", help="also write OUTPUT_DIR/<bundle>.zip")
     args = parser.parse_args(argv)
     try:
         checkpoint = args.checkpoint or bundle_dir(args.bundle) / "models" / "model.pt"
-        target = export_bundle(args.bundle, args.output_dir, checkpoint, args.zip)
+        target = export_bundle(args.bundle, args.output_dir, checkpoint, args.zip, dict(args.settings))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

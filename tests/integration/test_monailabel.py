@@ -1,0 +1,206 @@
+"""A real MONAI Label 0.8.5 server loads the exported bundles and returns the anomaly label map of a study.
+
+MONAI Label lives in its own virtual environment (``tools/monailabel_env.sh`` builds ``.venv-monailabel``; set
+``UAD_MONAILABEL_VENV`` to use another one). The server runs the ``monaibundle`` sample app shipped with MONAI Label,
+fully offline, over a studies folder holding one phantom volume with a lesion; each bundle is trained briefly,
+exported with ``tools.export_bundle`` into the app's ``model/`` folder, and so runs without this repository. Select
+or skip with ``-m monailabel`` / ``-m "not monailabel"``; in CI (``CI=true``) a missing environment is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.bundles import contract
+from tools.bundles import REPO_ROOT, run_bundle
+from tools.export_bundle import export_bundle
+from tools.phantoms import write_dataset
+
+pytestmark = pytest.mark.monailabel
+
+VENV = Path(os.environ.get("UAD_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
+BUILD_TIMEOUT_S = 1500
+START_TIMEOUT_S = 240
+INFER_TIMEOUT_S = 300
+
+# Per bundle: the architecture it is trained and exported with, its training overrides, and the floor on how many
+# times more often a labelled voxel lies in the lesion than a random voxel does (measured on this phantom, seed 1:
+# MS-NF 23.7).
+BUNDLES: dict[str, dict[str, Any]] = {
+    "ms_nf": {
+        "architecture": {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32},
+        "training": {"warmup_iterations": 0, "pixel_quantile": 0.99, "max_epochs": 4, "batch_size": 8},
+        "enrichment_floor": 5.0,
+    },
+}
+
+
+def _isolated_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return {**env, "OMP_NUM_THREADS": "1", "BUNDLE_DOWNLOAD_SRC": "ngc"}
+
+
+@pytest.fixture(scope="module")
+def monailabel_python() -> Path:
+    """The MONAI Label environment's interpreter, building the environment when it is absent."""
+    python = VENV / "bin" / "python"
+    if (VENV / ".complete").is_file():
+        return python
+    if "UAD_MONAILABEL_VENV" in os.environ:
+        reason = f"UAD_MONAILABEL_VENV={VENV} is not a complete MONAI Label environment (no .complete marker)"
+    else:
+        build = subprocess.run(
+            ["bash", str(REPO_ROOT / "tools" / "monailabel_env.sh"), str(VENV)],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        if build.returncode == 0:
+            return python
+        reason = f"tools/monailabel_env.sh failed ({build.returncode}): {(build.stdout + build.stderr)[-2000:]}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"MONAI Label environment unavailable in CI: {reason}")
+    pytest.skip(f"MONAI Label environment unavailable: {reason}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"MONAI Label exited with {server.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            return json.loads(_get(f"{url}/info/"))
+        except OSError:
+            time.sleep(2)
+    pytest.fail(f"MONAI Label did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Phantoms (8 normal training volumes, a lesion volume 64x64x16): ``(dataset, lesion volume, its mask)``."""
+    data = write_dataset(
+        tmp_path_factory.mktemp("ml") / "data",
+        dims=3,
+        n_train=8,
+        n_test_good=0,
+        n_test_lesion=1,
+        size=64,
+        depth=16,
+        seed=1,
+    )
+    volume = sorted((data / "test" / "lesion").glob("*.nii.gz"))[0]
+    return data, volume, data / "ground_truth" / "lesion" / volume.name
+
+
+@pytest.fixture(scope="module")
+def checkpoints(study, tmp_path_factory) -> dict[str, Path]:
+    """Each bundle trained briefly on the phantoms."""
+    root = tmp_path_factory.mktemp("trained")
+    return {
+        name: contract.train(
+            name, {**spec["architecture"], **spec["training"], "dataset_dir": study[0]}, root / name, timeout=900
+        )
+        for name, spec in BUNDLES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def server(monailabel_python, study, checkpoints, tmp_path_factory) -> Iterator[str]:
+    """A MONAI Label server with the exported bundles and the lesion volume as its only study; its base URL."""
+    python = monailabel_python
+    root = tmp_path_factory.mktemp("server")
+    sample_app = VENV / "monailabel" / "sample-apps" / "monaibundle"
+    if not (sample_app / "main.py").is_file():
+        pytest.fail(f"{sample_app}: MONAI Label's monaibundle sample app is missing from its environment")
+    app = Path(shutil.copytree(sample_app, root / "app"))
+    for name, checkpoint in checkpoints.items():
+        export_bundle(name, app / "model", checkpoint, settings=BUNDLES[name]["architecture"])
+    studies = root / "studies"
+    studies.mkdir()
+    shutil.copy(study[1], studies / study[1].name)
+    # the server must not see this repository: its environment does not have it, and it runs from elsewhere
+    probe = subprocess.run([str(python), "-c", "import common"], cwd=root, env=_isolated_env(), capture_output=True)
+    assert probe.returncode != 0, "the MONAI Label environment can import the repository's common"
+    port = _free_port()
+    command = [str(python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--conf", "models", ",".join(BUNDLES)]
+    command += ["--conf", "zoo_source", "ngc", "--conf", "sam2", "false", "--conf", "skip_trainers", "true"]
+    log = root / "server.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, cwd=root, env=_isolated_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_until_up(url, process, log)
+        yield url
+    finally:
+        _stop(process)
+
+
+def test_server_lists_every_bundle_as_a_3d_anomaly_model(server):
+    models = json.loads(_get(f"{server}/info/"))["models"]
+    for name in BUNDLES:
+        assert models[name]["dimension"] == 3
+        assert models[name]["labels"] == {"anomaly": 1}
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_server_labels_the_lesion_on_the_input_grid(name, server, study, checkpoints, tmp_path):
+    _, volume, lesion = study
+    request = urllib.request.Request(f"{server}/infer/{name}?image={volume.name.split('.')[0]}&output=image", b"")
+    with urllib.request.urlopen(request, timeout=INFER_TIMEOUT_S) as response:
+        (tmp_path / "label.nii.gz").write_bytes(response.read())
+    label_image, reference = nib.load(tmp_path / "label.nii.gz"), nib.load(volume)
+    label = np.asarray(label_image.dataobj)
+    assert label.shape == reference.shape
+    np.testing.assert_allclose(label_image.affine, reference.affine, atol=1e-4)
+    assert set(np.unique(label)) <= {0, 1}
+
+    truth = np.asarray(nib.load(lesion).dataobj) > 0
+    labelled = label > 0
+    assert labelled.any(), "the server labelled no voxel"
+    enrichment = (labelled & truth).sum() / labelled.sum() / truth.mean()
+    print(f"{name}: {labelled.sum()} labelled voxels, {enrichment:.1f}x chance inside the lesion")
+    assert enrichment >= BUNDLES[name]["enrichment_floor"]
+
+    # the server's label equals the batch mask of the in-repository bundle with the same checkpoint
+    overrides = {**BUNDLES[name]["architecture"], "ckpt_path": checkpoints[name], "device": "cpu"}
+    run_bundle(name, "inference.json", overrides={**overrides, "dataset_dir": volume.parent, "output_dir": tmp_path})
+    batch = np.asarray(nib.load(tmp_path / f"{volume.name.split('.')[0]}_mask.nii.gz").dataobj)
+    np.testing.assert_array_equal(label, batch.astype(label.dtype))
