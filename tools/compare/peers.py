@@ -77,6 +77,9 @@ def _datamodule(settings: CompareSettings, seed: int) -> Any:
         train_batch_size=settings.batch_size or 16,
         eval_batch_size=16,
         num_workers=0,
+        # anomalib's default moves part of the test split to validation; keep the whole test split. Validation only
+        # sets anomalib's own threshold and score normalisation (monotonic), which no metric here uses.
+        val_split_mode="same_as_test",
         seed=seed,
     )
 
