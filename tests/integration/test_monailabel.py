@@ -39,12 +39,29 @@ INFER_TIMEOUT_S = 300
 
 # Per bundle: the architecture it is trained and exported with, its training overrides, and the floor on how many
 # times more often a labelled voxel lies in the lesion than a random voxel does (measured on this phantom, seed 1:
-# MS-NF 23.7).
+# MS-NF 23.7). The other bundles train one tiny epoch, too short to localise reliably (DNFAD and Skip-TS measured
+# at 0 to 350x over the two phantom lesions after 4 epochs): for them the test checks the served label map's grid
+# and that it equals the batch mask (floor ``None``).
 BUNDLES: dict[str, dict[str, Any]] = {
     "ms_nf": {
         "architecture": {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32},
         "training": {"warmup_iterations": 0, "pixel_quantile": 0.99, "max_epochs": 4, "batch_size": 8},
         "enrichment_floor": 5.0,
+    },
+    "dnfad": {
+        "architecture": {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16, "pixel_hidden_channels": 16},
+        "training": {"max_epochs": 1, "batch_size": 8},
+        "enrichment_floor": None,
+    },
+    "skip_ts": {
+        "architecture": {"image_size": [64, 64]},
+        "training": {"max_epochs": 1, "batch_size": 8},
+        "enrichment_floor": None,
+    },
+    "anomalypro": {
+        "architecture": {"image_size": [32, 32], "channels": 8, "n_res": 1},
+        "training": {"critic_channels": 8, "max_epochs": 1, "batch_size": 8},
+        "enrichment_floor": None,
     },
 }
 
@@ -192,12 +209,14 @@ def test_server_labels_the_lesion_on_the_input_grid(name, server, study, checkpo
     np.testing.assert_allclose(label_image.affine, reference.affine, atol=1e-4)
     assert set(np.unique(label)) <= {0, 1}
 
-    truth = np.asarray(nib.load(lesion).dataobj) > 0
-    labelled = label > 0
-    assert labelled.any(), "the server labelled no voxel"
-    enrichment = (labelled & truth).sum() / labelled.sum() / truth.mean()
-    print(f"{name}: {labelled.sum()} labelled voxels, {enrichment:.1f}x chance inside the lesion")
-    assert enrichment >= BUNDLES[name]["enrichment_floor"]
+    floor = BUNDLES[name]["enrichment_floor"]
+    if floor is not None:
+        truth = np.asarray(nib.load(lesion).dataobj) > 0
+        labelled = label > 0
+        assert labelled.any(), "the server labelled no voxel"
+        enrichment = (labelled & truth).sum() / labelled.sum() / truth.mean()
+        print(f"{name}: {labelled.sum()} labelled voxels, {enrichment:.1f}x chance inside the lesion")
+        assert enrichment >= floor
 
     # the server's label equals the batch mask of the in-repository bundle with the same checkpoint
     overrides = {**BUNDLES[name]["architecture"], "ckpt_path": checkpoints[name], "device": "cpu"}
