@@ -157,8 +157,8 @@ def checkpoints(study, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(monailabel_python, study, checkpoints, tmp_path_factory) -> Iterator[str]:
-    """A MONAI Label server with the exported bundles and the lesion volume as its only study; its base URL."""
+def server(monailabel_python, study, checkpoints, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A MONAI Label server with the exported bundles and the lesion volume as its only study: ``(url, log)``."""
     python = monailabel_python
     root = tmp_path_factory.mktemp("server")
     sample_app = VENV / "monailabel" / "sample-apps" / "monaibundle"
@@ -185,13 +185,14 @@ def server(monailabel_python, study, checkpoints, tmp_path_factory) -> Iterator[
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_up(url, process, log)
-        yield url
+        yield url, log
     finally:
         _stop(process)
 
 
 def test_server_lists_every_bundle_as_a_3d_anomaly_model(server):
-    models = json.loads(_get(f"{server}/info/"))["models"]
+    url, _ = server
+    models = json.loads(_get(f"{url}/info/"))["models"]
     for name in BUNDLES:
         assert models[name]["dimension"] == 3
         assert models[name]["labels"] == {"anomaly": 1}
@@ -199,8 +200,8 @@ def test_server_lists_every_bundle_as_a_3d_anomaly_model(server):
 
 @pytest.mark.parametrize("name", sorted(BUNDLES))
 def test_server_labels_the_lesion_on_the_input_grid(name, server, study, checkpoints, tmp_path):
-    _, volume, lesion = study
-    request = urllib.request.Request(f"{server}/infer/{name}?image={volume.name.split('.')[0]}&output=image", b"")
+    (url, log), (_, volume, lesion) = server, study
+    request = urllib.request.Request(f"{url}/infer/{name}?image={volume.name.split('.')[0]}&output=image", b"")
     with urllib.request.urlopen(request, timeout=INFER_TIMEOUT_S) as response:
         (tmp_path / "label.nii.gz").write_bytes(response.read())
     label_image, reference = nib.load(tmp_path / "label.nii.gz"), nib.load(volume)
@@ -208,6 +209,8 @@ def test_server_labels_the_lesion_on_the_input_grid(name, server, study, checkpo
     assert label.shape == reference.shape
     np.testing.assert_allclose(label_image.affine, reference.affine, atol=1e-4)
     assert set(np.unique(label)) <= {0, 1}
+    # MONAI Label loaded model.pt (weights_only) into network_def with every key matching
+    assert "Checkpoint keys don't match" not in log.read_text()
 
     floor = BUNDLES[name]["enrichment_floor"]
     if floor is not None:
