@@ -183,7 +183,7 @@ def _run_seed(
         )
 
     checkpoint = settings.checkpoints.get(bundle)
-    step.start(f"{bundle} seed {seed}: training")
+    step.start(f"{bundle} seed {seed}: " + ("training" if checkpoint is None else "checkpoint"))
     if checkpoint is None:
         train = {"dataset_dir": settings.train_dataset or settings.dataset, "ckpt_dir": run_dir / "models"}
         train["output_dir"] = run_dir / "train"
