@@ -158,6 +158,9 @@ def settings_from_args(args: argparse.Namespace, command: str = "") -> CompareSe
         msg = f"--volume-shape: sizes must be positive, got {args.volume_shape}"
         raise ValueError(msg)
     seeds = list(range(args.n_seeds)) if args.n_seeds else (args.seeds or [0, 1, 2])
+    checkpoints = parse_checkpoints(args.checkpoint, bundles)
+    if len(checkpoints) == len(bundles) and not args.peers:
+        seeds = seeds[:1]  # nothing is trained: one evaluation per model
     overrides, bundle_overrides = parse_scoped_overrides(args.override, bundles)
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     return CompareSettings(
@@ -172,7 +175,7 @@ def settings_from_args(args: argparse.Namespace, command: str = "") -> CompareSe
         device=args.device,
         overrides=overrides,
         bundle_overrides=bundle_overrides,
-        checkpoints=parse_checkpoints(args.checkpoint, bundles),
+        checkpoints=checkpoints,
         peers=peers,
         bench_batch_size=args.bench_batch_size,
         bench_iterations=args.bench_iterations,

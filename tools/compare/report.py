@@ -157,18 +157,28 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     test = results.get("test_set", {})
     seeds = ", ".join(str(s) for s in settings["seeds"])
     size = "x".join(str(s) for s in budget["image_size"]) if budget.get("image_size") else "each config's default"
+    given = budget.get("checkpoints") or {}
+    trained = [row["name"] for row in rows if row.get("kind", "bundle") == "bundle" and row["name"] not in given]
+    training = f"models trained here on `{settings['train_dataset']}`" if trained else "no training here"
     lines = [
         "# Detector comparison",
         "",
         f"Command: `{results['command']}`",
         "",
-        f"- dataset: `{settings['dataset']}` (training on `{settings['train_dataset']}`); test set: "
+        f"- dataset: `{settings['dataset']}` ({training}); test set: "
         f"{test.get('n_files', '?')} {test.get('kind', '')} files, {test.get('n_slices', '?')} slices "
         f"({test.get('n_abnormal_slices', '?')} abnormal)",
-        f"- seeds: {seeds}; figures are mean ± sample standard deviation over the seeds",
-        f"- budget: image size {size}, epochs {budget.get('max_epochs') or 'config default'}, batch size "
-        f"{budget.get('batch_size') or 'config default'}; overrides `{json.dumps(budget.get('overrides') or {})}`; "
-        f"checkpoints {json.dumps(budget['checkpoints']) if budget.get('checkpoints') else 'trained here'}",
+        f"- seeds: {seeds}; figures are mean ± sample standard deviation over the seeds"
+        + (f"; models given with `--checkpoint` are evaluated once ({', '.join(given)})" if given else ""),
+        f"- budget: image size {size}"
+        + (
+            f", epochs {budget.get('max_epochs') or 'config default'}, batch size "
+            f"{budget.get('batch_size') or 'config default'}"
+            if trained
+            else ""
+        )
+        + f"; overrides `{json.dumps(budget.get('overrides') or {})}`"
+        + (f"; checkpoints `{json.dumps(given)}`" if given else ""),
         f"- device: {env['device']}: {env['device_name']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch "
         f"threads); python {env['python']}, torch {env['torch']}, monai {env['monai']}, numpy {env['numpy']}",
         f"- date: {results['date']}; total wall time {results['wall_s'] / 60:.1f} min",
