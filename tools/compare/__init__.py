@@ -8,6 +8,17 @@ for every seed, benchmarks the network with :func:`tools.benchmark.run_benchmark
 - ``results.json`` and ``results.md``: one row per bundle, mean ± sample standard deviation over the seeds;
 - ``roc_image.png``, ``roc_pixel.png``, ``score_histograms.png`` and ``overlays.png``.
 
+``results.json`` holds ``command``, ``date``, ``wall_s``, ``settings`` (every option, with ``seeds`` and the
+``budget``: image size, epochs, batch size, overrides, checkpoints), ``environment`` (device, device name, CPU count,
+torch threads and software versions), ``test_set`` (files, 2D/3D, slices, abnormal slices), ``benchmark_volume_shape``,
+``figures`` and ``rows``: one per bundle (then per peer) with ``name``, ``kind``, ``status`` (``ok``/``failed``),
+``error`` (one line), ``input_size``, ``runs`` (per seed: ``seed``, ``checkpoint``, ``train_s``, ``inference_s``,
+``evaluate_s`` and the bundle's ``metrics.json``), ``metrics`` (every numeric ``metrics.json`` key as ``{"mean",
+"std", "n"}``: ``image_auroc``, ``image_ap``, ``image_f1``, ``image_accuracy``, ``image_recall``, ``pixel_auroc``,
+``pixel_auroc_foreground``, ``aupro``, ``aupro_foreground``, ``best_dice``, ``dice``, ``volume_auroc``, ...),
+``cost`` (the same stats for ``train_s``, ``slices_per_s``, ``volume_s``, ``peak_memory_mib``, ``parameters``,
+``gflops_per_slice``) and ``benchmark`` (the full :func:`tools.benchmark.run_benchmark` result).
+
 Modules: :mod:`tools.compare.cli` (command line), :mod:`tools.compare.runner` (the runs),
 :mod:`tools.compare.predictions` (reading the written maps back), :mod:`tools.compare.report` (aggregation and
 tables), :mod:`tools.compare.figures` (the comparison figures) and :mod:`tools.compare.peers` (optional anomalib
