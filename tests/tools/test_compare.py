@@ -127,7 +127,7 @@ def test_failing_bundle_is_reported_in_one_line(compared: tuple[int, Path, dict]
     assert row["status"] == "failed"
     print(f"{FAILING} error: {row['error']}")
     assert "\n" not in row["error"] and row["error"].startswith("seed 0:"), row["error"]
-    assert "n_blocks" in row["error"] or "many" in row["error"], row["error"]
+    assert "train.json: ValueError" in row["error"] and "n_blocks" in row["error"], row["error"]  # the root cause
     md = (out / "results.md").read_text()
     assert f"| {FAILING} | failed |" in md and f"- {FAILING}: {row['error']}" in md
 

@@ -128,6 +128,18 @@ def one_line_error(error: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt): ")
+
+
+def _root_cause(log_file: Path) -> str | None:
+    """The first exception line of a failed command's log: the root of a chained traceback, not MONAI's wrapper."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.strip() for line in lines if _EXCEPTION_LINE.match(line)), None)
+
+
 def _test_set(dataset: Path) -> dict[str, Any]:
     """Files of the test split, whether they are 3D volumes, and the first volume's shape."""
     records = discover_dataset(dataset, require_test=True).test
@@ -178,9 +190,16 @@ def _run_seed(
     def call(config: str, run_id: str, paths: dict[str, Any], log: str) -> float:
         ids = _config_ids(bundle, config)
         overrides = {**{k: v for k, v in common.items() if k in ids}, **split[config], **paths}
-        return _timed(
-            lambda: run_bundle(bundle, config, run_id, overrides, log_file=logs / log, timeout=settings.timeout_s)
-        )
+        try:
+            return _timed(
+                lambda: run_bundle(bundle, config, run_id, overrides, log_file=logs / log, timeout=settings.timeout_s)
+            )
+        except BundleRunError as error:
+            cause = _root_cause(logs / log)
+            if cause is None:
+                raise
+            msg = f"{config}: {cause} (log: {logs / log})"
+            raise BundleRunError(msg) from error
 
     checkpoint = settings.checkpoints.get(bundle)
     step.start(f"{bundle} seed {seed}: " + ("training" if checkpoint is None else "checkpoint"))
