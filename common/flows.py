@@ -28,7 +28,7 @@ from monai.utils import LossReduction, look_up_option
 from torch import Tensor, nn
 
 from common.attention import CBAM, DSAM
-from common.checks import check_int_at_least, check_odd_kernel_size
+from common.checks import check_bool, check_int_at_least, check_odd_kernel_size
 
 __all__ = [
     "FlowNLLLoss",
@@ -537,7 +537,8 @@ class FlowNLLLoss(nn.Module):
             :class:`LocalFlowOutput` items, e.g. from :func:`run_flow_with_local_log_det`).
 
     Raises:
-        ValueError: when ``reduction`` is not one of the above or ``foreground_only`` is not a bool.
+        ValueError: when ``reduction`` is not one of the above.
+        TypeError: when ``foreground_only`` is not a bool.
 
     Example:
         >>> loss = FlowNLLLoss()
@@ -547,10 +548,7 @@ class FlowNLLLoss(nn.Module):
 
     def __init__(self, reduction: LossReduction | str = LossReduction.MEAN, foreground_only: bool = False) -> None:
         super().__init__()
-        if not isinstance(foreground_only, bool):  # "--foreground_loss false" on a command line is a string
-            msg = f"foreground_only must be True or False, got {foreground_only!r}"
-            raise ValueError(msg)
-        self.foreground_only = foreground_only
+        self.foreground_only = check_bool("foreground_only", foreground_only)
         try:
             self.reduction = look_up_option(reduction, LossReduction).value
         except ValueError as err:

@@ -218,12 +218,12 @@ SWITCHES = ("skip_connections", "standardize_features", "normalize_input", "from
 @pytest.mark.parametrize("value", ["false", "False", 0, None], ids=["str-false", "str-False", "int", "none"])
 def test_non_bool_switch_raises_instead_of_being_truthy(scripts, name, value):
     # a lower-case "--skip_connections false" reaches the network as the string "false", which is truthy
-    with pytest.raises(TypeError, match=rf"{name} must be a bool.*--{name} False"):
+    with pytest.raises(TypeError, match=rf"{name} must be True or False.*--{name} False"):
         scripts.network.SkipTS(image_size=(64, 64), **{name: value})
 
 
 def test_student_decoder_rejects_a_string_skip_switch(scripts):
-    with pytest.raises(TypeError, match="skip_connections must be a bool"):
+    with pytest.raises(TypeError, match="skip_connections must be True or False"):
         scripts.network.StudentDecoder([64, 128, 256, 512], skip_connections="false")
 
 

@@ -400,5 +400,5 @@ def test_flow_nll_loss_on_the_foreground_needs_masks_and_local_outputs() -> None
     item = LocalFlowOutput(z, torch.zeros(1), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="foreground masks"):
         FlowNLLLoss(foreground_only=True)([item], None)
-    with pytest.raises(ValueError, match="True or False"):
+    with pytest.raises(TypeError, match="True or False"):
         FlowNLLLoss(foreground_only="false")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from common.checks import check_non_negative
+
 if TYPE_CHECKING:
     from .engine import PairedBatch, TranslationStep
 
@@ -83,9 +85,7 @@ class CriticLoss(nn.Module):
 
     def __init__(self, critic: nn.Module, lambda_gp: float = 10.0) -> None:
         super().__init__()
-        if lambda_gp < 0:
-            msg = f"lambda_gp must be >= 0, got {lambda_gp}"
-            raise ValueError(msg)
+        check_non_negative("lambda_gp", lambda_gp)
         self.critic = critic
         self.lambda_gp = lambda_gp
 
@@ -129,9 +129,7 @@ class GeneratorLoss(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("lambda_rec", lambda_rec), ("lambda_id", lambda_id), ("lambda_f", lambda_f)):
-            if value < 0:
-                msg = f"{name} must be >= 0, got {value}"
-                raise ValueError(msg)
+            check_non_negative(name, value)
         self.critic = critic
         self.lambda_rec = lambda_rec
         self.lambda_id = lambda_id

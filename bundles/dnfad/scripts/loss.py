@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.checks import check_bool
 from common.flows import check_foreground_targets, foreground_weights, position_nll
 
 __all__ = ["DNFADLoss"]
@@ -34,7 +35,7 @@ class DNFADLoss(nn.Module):
         foreground_only: weigh positions by the foreground target (``True``) or use all positions (``False``).
 
     Raises:
-        ValueError: when ``foreground_only`` is not a bool.
+        TypeError: when ``foreground_only`` is not a bool.
 
     Example:
         >>> from common.flows import LocalFlowOutput
@@ -46,10 +47,7 @@ class DNFADLoss(nn.Module):
 
     def __init__(self, foreground_only: bool = False) -> None:
         super().__init__()
-        if not isinstance(foreground_only, bool):  # "--foreground_loss false" on a command line is a string
-            msg = f"foreground_only must be True or False, got {foreground_only!r}"
-            raise ValueError(msg)
-        self.foreground_only = foreground_only
+        self.foreground_only = check_bool("foreground_only", foreground_only)
 
     def forward(self, outputs: Any, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Compute the loss.

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
+from common.checks import check_bool, check_image_size, check_non_negative
 from common.flows import (
     LocalFlowOutput,
     build_coupling_flow,
@@ -109,19 +110,12 @@ class DNFAD(nn.Module):
         if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
             msg = f"branches must be a non-empty subset of {BRANCHES} without repeats, got {branches!r}"
             raise ValueError(msg)
-        if len(image_size) != 2 or min(image_size) < 32:
-            msg = f"image_size must be two sizes of at least 32, got {tuple(image_size)}"
-            raise ValueError(msg)
         if len(out_indices) < 1:
             msg = f"out_indices must name at least one backbone level, got {tuple(out_indices)}"
             raise ValueError(msg)
-        if feature_noise < 0:
-            msg = f"feature_noise must be >= 0, got {feature_noise}"
-            raise ValueError(msg)
-        if not isinstance(dynamic_attention, bool):  # "--dynamic_attention false" on a command line is a string
-            msg = f"dynamic_attention must be True or False, got {dynamic_attention!r}"
-            raise ValueError(msg)
-        self.image_size = tuple(int(s) for s in image_size)
+        check_non_negative("feature_noise", feature_noise)
+        check_bool("dynamic_attention", dynamic_attention)
+        self.image_size = check_image_size(image_size)
         self.branches = branches
         self.feature_noise = feature_noise
         self.extractor = FeatureExtractor(backbone, in_channels, out_indices, backbone_weights)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
+from common.checks import check_image_size, check_non_negative
 from common.flows import (
     LocalFlowOutput,
     build_coupling_flow,
@@ -93,13 +94,8 @@ class MSNF(nn.Module):
         if fusion not in FUSIONS:
             msg = f"fusion must be one of {FUSIONS}, got {fusion!r}"
             raise ValueError(msg)
-        if len(image_size) != 2 or min(image_size) < 32:
-            msg = f"image_size must be two sizes of at least 32, got {tuple(image_size)}"
-            raise ValueError(msg)
-        if feature_noise < 0:
-            msg = f"feature_noise must be >= 0, got {feature_noise}"
-            raise ValueError(msg)
-        self.image_size = tuple(int(s) for s in image_size)
+        check_non_negative("feature_noise", feature_noise)
+        self.image_size = check_image_size(image_size)
         self.fusion = fusion
         self.feature_noise = feature_noise
         self.extractor = FeatureExtractor(backbone, in_channels, out_indices, backbone_weights)

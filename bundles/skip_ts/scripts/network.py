@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
+from common.checks import check_bool, check_image_size
 from common.scoring import Calibration
 
 from .loss import cosine_distance_map
@@ -54,25 +55,6 @@ DECODER_SPECS: dict[str, tuple[str, tuple[int, int, int], float]] = {
     "resnet50": ("bottleneck", (4, 6, 3), 0.5),
     "wide_resnet50_2": ("bottleneck", (4, 6, 3), 1.0),
 }
-
-
-def _require_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a ``bool``; raise otherwise.
-
-    A command-line override such as ``--skip_connections false`` reaches the config as the string ``"false"``
-    (python-fire parses only ``False`` / ``True`` as booleans), and any non-empty string is truthy: without this
-    check the ablation would silently run with the switch on.
-
-    Raises:
-        TypeError: when ``value`` is not a ``bool``.
-    """
-    if not isinstance(value, bool):
-        msg = (
-            f"{name} must be a bool, got {value!r} ({type(value).__name__}); "
-            f"on the command line write --{name} False or --{name} True (capitalised)"
-        )
-        raise TypeError(msg)
-    return value
 
 
 class SkipTSTrainOutput(NamedTuple):
@@ -191,7 +173,7 @@ class StudentDecoder(nn.Module):
         if len(channels) != 4 or len(n_blocks) != 3 or min(n_blocks) < 1:
             msg = f"need 4 teacher channel counts and 3 block counts >= 1, got {list(channels)} and {list(n_blocks)}"
             raise ValueError(msg)
-        self.skip_connections = _require_bool("skip_connections", skip_connections)
+        self.skip_connections = check_bool("skip_connections", skip_connections)
         # decoders[j - 1] is D_j: C_{j+1} -> C_j
         self.decoders = nn.ModuleList(
             _SubDecoder(block, channels[j + 1], channels[j], n_blocks[j], max(1, int(channels[j] * width_factor)))
@@ -268,13 +250,12 @@ class SkipTS(nn.Module):
             ("normalize_input", normalize_input),
             ("from_checkpoint", from_checkpoint),
         ):
-            _require_bool(name, value)
+            check_bool(name, value)
         if teacher not in DECODER_SPECS:
             msg = f"teacher must be one of {sorted(DECODER_SPECS)}, got {teacher!r}"
             raise ValueError(msg)
-        if image_size is not None and (len(image_size) != 2 or min(image_size) < 32):
-            msg = f"image_size must be two sizes of at least 32 (or null), got {tuple(image_size)}"
-            raise ValueError(msg)
+        if image_size is not None:
+            image_size = check_image_size(image_size)
         levels = sorted({int(level) for level in map_levels})
         if not levels or not set(levels) <= {1, 2, 3}:
             msg = f"map_levels must be a non-empty subset of [1, 2, 3], got {list(map_levels)}"
@@ -291,7 +272,7 @@ class SkipTS(nn.Module):
                 "ImageNet-pretrained teacher: give a local torchvision state dict with teacher_weights",
                 teacher,
             )
-        self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
+        self.image_size = image_size
         self.map_levels = levels
         self.extractor = FeatureExtractor(
             teacher,
