@@ -33,7 +33,7 @@ __all__ = ["VENDOR_PACKAGE", "common_closure", "export_bundle", "main", "rewrite
 VENDOR_PACKAGE = "scripts.common"
 """Where ``common`` lives inside an exported bundle."""
 COMMON_ROOT = REPO_ROOT / "common"
-_CONFIG_REFERENCE = re.compile(r"(?<![\w.@#])common\.")
+_CONFIG_REFERENCE = re.compile(r"(?<![\w.@#])common\.(\w+)")
 _IMPORT_LINE = re.compile(r"^(\s*)(from|import)\s+common(?=[.\s])", flags=re.M)
 _BUNDLE_PARTS = ("configs", "docs", "scripts", "LICENSE")
 
@@ -68,7 +68,7 @@ def _strings(value: Any) -> list[str]:
 
 
 def _common_modules_in_config(config: Any) -> set[str]:
-    return {m.group(1) for s in _strings(config) for m in re.finditer(r"(?<![\w.@#])common\.(\w+)", s)}
+    return {m.group(1) for s in _strings(config) for m in _CONFIG_REFERENCE.finditer(s)}
 
 
 def common_closure(roots: set[str]) -> list[str]:
@@ -108,7 +108,7 @@ def rewrite_config(config: Any, settings: Mapping[str, Any] | None = None) -> An
     if isinstance(config, list):
         return [rewrite_config(value) for value in config]
     if isinstance(config, str):
-        return _CONFIG_REFERENCE.sub(f"{VENDOR_PACKAGE}.", config)
+        return _CONFIG_REFERENCE.sub(lambda m: f"{VENDOR_PACKAGE}.{m.group(1)}", config)
     return config
 
 

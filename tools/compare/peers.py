@@ -116,11 +116,7 @@ def _run_one(name: str, settings: CompareSettings, seed: int) -> tuple[dict[str,
             record = records[str(Path(path).resolve())]
             mask = np.asarray(load_image(record.mask)) > 0 if record.mask is not None else None
             shape = mask.shape if mask is not None else np.asarray(load_image(record.image)).shape[:2]
-            pred.keys.append((str(record.image.resolve()), 0))
-            pred.labels.append(int(mask.any()) if mask is not None else int(record.label))
-            pred.scores.append(float(score))
-            pred.maps.append(_resize(np.squeeze(amap.cpu().numpy()), shape))
-            pred.masks.append(mask if mask is not None or record.label else np.zeros(shape, dtype=bool))
+            pred.append(record, 0, float(score), _resize(np.squeeze(amap.cpu().numpy()), shape), mask)
     with_gt = [i for i, m in enumerate(pred.masks) if m is not None]
     pixel = {"masks": [pred.masks[i] for i in with_gt], "maps": [pred.maps[i] for i in with_gt]} if with_gt else {}
     metrics = evaluate_anomaly_detection(np.asarray(pred.labels), np.asarray(pred.scores), **pixel)

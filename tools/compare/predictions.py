@@ -43,6 +43,24 @@ class SlicePredictions:
     records: dict[str, ImageRecord] = field(default_factory=dict)
     axis: int = 2
 
+    def append(
+        self, record: ImageRecord, slice_index: int, score: float, slice_map: np.ndarray, mask: np.ndarray | None
+    ) -> None:
+        """Add one slice; its label comes from its mask slice, else from its file's folder.
+
+        As :class:`common.evaluation.AnomalyEvaluation` labels slices: a slice is abnormal when its mask slice has an
+        anomalous pixel; a file without a mask takes its folder's label and, when normal, counts as an all-normal
+        mask (an abnormal file without a mask keeps ``None``: it has no pixel ground truth).
+        """
+        label = int(mask.any()) if mask is not None else int(record.label)
+        if mask is None and not record.label:
+            mask = np.zeros(slice_map.shape, dtype=bool)
+        self.keys.append((str(record.image.resolve()), slice_index))
+        self.labels.append(label)
+        self.scores.append(score)
+        self.maps.append(slice_map)
+        self.masks.append(mask)
+
     def pixels(self) -> tuple[np.ndarray, np.ndarray]:
         """Flattened ground truth and map values of every slice with ground truth (empty arrays if none)."""
         with_gt = [i for i, m in enumerate(self.masks) if m is not None]
@@ -112,15 +130,7 @@ def load_predictions(maps_dir: str | Path, dataset_dir: str | Path, axis: int = 
             cache = {key: (np.asarray(nib.load(str(map_file)).get_fdata(dtype=np.float32)), mask)}
         volume_map, volume_mask = cache[key]
         mask = _slice(volume_mask, slice_index, axis) if volume_mask is not None else None
-        label = int(mask.any()) if mask is not None else int(record.label)
-        slice_map = _slice(volume_map, slice_index, axis)
-        if mask is None and not record.label:
-            mask = np.zeros(slice_map.shape, dtype=bool)
-        out.keys.append((key, slice_index))
-        out.labels.append(label)
-        out.scores.append(score)
-        out.maps.append(slice_map)
-        out.masks.append(mask)
+        out.append(record, slice_index, score, _slice(volume_map, slice_index, axis), mask)
     if not out.keys:
         msg = f"{maps_dir / 'scores.csv'}: no scored slice"
         raise ValueError(msg)
