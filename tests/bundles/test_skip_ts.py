@@ -138,6 +138,19 @@ def test_loss_terms_follow_equations_2_to_5(scripts):
     mse = sum(torch.mean((t - s) ** 2) for t, s in zip(teacher, student, strict=True))
     torch.testing.assert_close(loss_module.SkipTSLoss(beta=0.0, similarity="mse")((teacher, student)), mse)
     assert float(loss_module.SkipTSLoss()((teacher, teacher))) == pytest.approx(0.0, abs=1e-6)
+    # the authors' released form: one cosine per sample over the flattened map (not the mean of the per-position map)
+    flat = sum(
+        torch.mean(1 - torch.nn.functional.cosine_similarity(t.reshape(2, -1), s.reshape(2, -1), dim=1))
+        for t, s in zip(teacher, student, strict=True)
+    )
+    torch.testing.assert_close(loss_module.SkipTSLoss(beta=0.0, similarity="cosine_flat")((teacher, student)), flat)
+    assert abs(float(flat) - float(sim)) > 1e-3
+    # a map that is large where the features are large: the flattened distance weighs those positions more
+    t1 = torch.ones(1, 2, 1, 2)
+    t1[..., 1] = 10.0
+    s1 = t1.clone()
+    s1[0, :, 0, 0] = torch.tensor([1.0, -1.0])  # orthogonal at the small position only
+    assert float(loss_module.flattened_cosine_distance(t1, s1)) < float(loss_module.cosine_distance_map(t1, s1).mean())
     # eq. 1 against a hand-computed pair: orthogonal vectors give 1, opposite vectors give 2
     a = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
     assert float(loss_module.cosine_distance_map(a, torch.tensor([0.0, 3.0]).view(1, 2, 1, 1))) == pytest.approx(1.0)

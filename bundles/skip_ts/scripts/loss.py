@@ -20,6 +20,10 @@ For teacher features :math:`F_t^l` and student features :math:`F_s^l` at levels 
 
 where :math:`M^{bi}` is a map bilinearly upsampled to the size of the largest map. All means are also taken over
 the batch.
+
+The authors' released code (and reverse distillation's, which anomalib follows) computes the similarity term on each
+sample's whole feature map flattened to one vector, :math:`1 - \cos(\mathrm{vec}\,F_t^l, \mathrm{vec}\,F_s^l)`,
+rather than as the mean of the per-position map of eqs. 2-3; ``similarity="cosine_flat"`` selects that form.
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SIMILARITIES", "SkipTSLoss", "cosine_distance_map", "multiscale_anomaly_consistency"]
+__all__ = [
+    "SIMILARITIES",
+    "SkipTSLoss",
+    "cosine_distance_map",
+    "flattened_cosine_distance",
+    "multiscale_anomaly_consistency",
+]
 
-SIMILARITIES = ("cosine", "mse")
+SIMILARITIES = ("cosine", "cosine_flat", "mse")
 
 
 def cosine_distance_map(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -58,6 +68,29 @@ def cosine_distance_map(teacher: torch.Tensor, student: torch.Tensor, eps: float
         )
         raise ValueError(msg)
     return 1.0 - F.cosine_similarity(teacher, student, dim=1, eps=eps).unsqueeze(1)
+
+
+def flattened_cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-sample ``1 - cos(vec F_t, vec F_s)`` over each sample's whole flattened feature map.
+
+    The similarity term of the authors' released code and of reverse distillation's (Deng & Li 2022); positions with
+    large feature norms weigh more than in the per-position mean of eqs. 2-3.
+
+    Args:
+        teacher: teacher features ``(B, C, H, W)``.
+        student: student features of the same shape.
+        eps: guard against zero-norm feature maps.
+
+    Returns:
+        ``(B,)`` distances in ``[0, 2]``.
+    """
+    if teacher.shape != student.shape:
+        msg = (
+            "teacher and student features must have the same shape, "
+            f"got {tuple(teacher.shape)} and {tuple(student.shape)}"
+        )
+        raise ValueError(msg)
+    return 1.0 - F.cosine_similarity(teacher.flatten(1), student.flatten(1), dim=1, eps=eps)
 
 
 def multiscale_anomaly_consistency(maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -92,7 +125,8 @@ class SkipTSLoss(nn.Module):
     Args:
         alpha: weight α of the similarity term (paper: 1.0).
         beta: weight β of the multi-scale anomaly consistency term (paper: 0.05; 0 = "L_sim only" ablation).
-        similarity: ``"cosine"`` (eqs. 2-3, the mean of ``1 - cos`` maps) or ``"mse"`` (ablation: the mean squared
+        similarity: ``"cosine"`` (eqs. 2-3, the mean of ``1 - cos`` maps), ``"cosine_flat"`` (``1 - cos`` of each
+            sample's flattened feature map, the authors' released code) or ``"mse"`` (ablation: the mean squared
             feature difference, summed over levels).
 
     Raises:
@@ -125,6 +159,8 @@ class SkipTSLoss(nn.Module):
         maps = [cosine_distance_map(t, s) for t, s in zip(teacher, student, strict=True)]
         if self.similarity == "cosine":
             sim = sum(m.mean() for m in maps)  # eqs. 2-3
+        elif self.similarity == "cosine_flat":
+            sim = sum(flattened_cosine_distance(t, s).mean() for t, s in zip(teacher, student, strict=True))
         else:
             sim = sum(F.mse_loss(s, t) for t, s in zip(teacher, student, strict=True))
         loss = self.alpha * sim
