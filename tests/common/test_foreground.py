@@ -1,4 +1,4 @@
-"""Tests for common.foreground: Otsu threshold, hole filling and largest connected component."""
+"""Tests for common.foreground: Otsu threshold, hole filling and the large connected components."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.foreground import compute_foreground
+from common.foreground import compute_foreground, keep_large_components
 
 
 def _square_with_hole() -> np.ndarray:
@@ -20,6 +20,14 @@ def _two_blobs() -> np.ndarray:
     image = np.zeros((32, 32), np.float32)
     image[2:18, 2:18] = 0.9  # large: 256 pixels
     image[24:28, 24:28] = 1.0  # small and brighter: 16 pixels
+    return image
+
+
+def _brain_with_lobe() -> np.ndarray:
+    """A large region and a separate one of 25% of its size (a temporal lobe in a low axial slice)."""
+    image = np.zeros((32, 32), np.float32)
+    image[2:18, 2:18] = 0.9  # 256 pixels
+    image[22:30, 22:30] = 0.8  # 64 pixels
     return image
 
 
@@ -42,7 +50,13 @@ def _expected_box(shape: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray:
 CASES = [
     # square with a hole: the hole is filled
     (_square_with_hole, True, _expected_box((32, 32), (slice(8, 24), slice(8, 24)))),
-    # two blobs: only the largest is kept, even though the small one is brighter
+    # a separate region of 25% of the largest one's size is kept
+    (
+        _brain_with_lobe,
+        True,
+        _expected_box((32, 32), (slice(2, 18), slice(2, 18))) | _expected_box((32, 32), (slice(22, 30), slice(22, 30))),
+    ),
+    # two blobs: the small one (6% of the largest) is dropped, even though it is brighter
     (_two_blobs, True, _expected_box((32, 32), (slice(2, 18), slice(2, 18)))),
     # two blobs without the component rule: both are kept
     (
@@ -53,7 +67,7 @@ CASES = [
     # 3D volume: the cavity is filled and the corner speck dropped
     (_volume, True, _expected_box((20, 16, 12), (slice(3, 17), slice(3, 13), slice(2, 10)))),
 ]
-CASE_IDS = ["hole-filled", "largest-blob", "both-blobs", "volume-3d"]
+CASE_IDS = ["hole-filled", "lobe-kept", "largest-blob", "both-blobs", "volume-3d"]
 
 
 @pytest.mark.parametrize(("make", "largest", "expected"), CASES, ids=CASE_IDS)
@@ -84,3 +98,12 @@ def test_constant_image_is_all_foreground(image: np.ndarray) -> None:
     mask = compute_foreground(image)
     assert mask.dtype == bool and mask.shape == image.shape
     assert mask.all()
+
+
+def test_component_fraction_bounds_what_is_kept() -> None:
+    image = _brain_with_lobe()
+    assert int(compute_foreground(image, min_component_fraction=1.0).sum()) == 256  # the largest alone
+    assert int(compute_foreground(image, min_component_fraction=0.25).sum()) == 256 + 64
+    assert int(compute_foreground(image, min_component_fraction=0.26).sum()) == 256
+    with pytest.raises(ValueError, match="min_fraction"):
+        keep_large_components(image > 0, 1.5)
