@@ -69,6 +69,21 @@ def test_map_is_negative_log_of_the_mean_branch_probability(scripts):
     assert torch.allclose(out.double(), expected, rtol=1e-4, atol=1e-3)
 
 
+def test_mean_log_likelihood_divides_each_branch_log_p_by_the_channel_count(scripts):
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 64, 64)
+    net = scripts.network.DNFAD(**TINY_KWARGS).eval()
+    with torch.no_grad():
+        summed = net.log_likelihood_maps(x)
+        net.log_likelihood = "mean"
+        averaged = net.log_likelihood_maps(x)
+    channels = net.feature_channels
+    for s, m in zip(summed, averaged, strict=True):
+        torch.testing.assert_close(s, m * channels)
+    with pytest.raises(ValueError, match="log_likelihood"):
+        scripts.network.DNFAD(**TINY_KWARGS, log_likelihood="max")
+
+
 def test_map_stays_finite_and_ordered_where_float32_probabilities_underflow(scripts, monkeypatch):
     net = scripts.network.DNFAD(**TINY_KWARGS).eval()
     # log-likelihoods of -200 and -300: exp() is 0 in float32 for both, so a naive P_add could not rank them

@@ -41,9 +41,10 @@ from common.flows import (
 )
 from common.scoring import Calibration
 
-__all__ = ["BRANCHES", "DNFAD", "DNFADTrainOutput"]
+__all__ = ["BRANCHES", "DNFAD", "DNFADTrainOutput", "LOG_LIKELIHOODS"]
 
 BRANCHES = ("map", "pixel")
+LOG_LIKELIHOODS = ("sum", "mean")
 
 
 class DNFADTrainOutput(NamedTuple):
@@ -79,6 +80,12 @@ class DNFAD(nn.Module):
             (0 = none): flat background gives near-constant features whose likelihood a flow can raise without
             bound; a little noise bounds that gain (dequantisation).
         seed: seed of the fixed channel permutations and initial subnet weights.
+        log_likelihood: channel reduction of the per-position log-likelihood used for the maps: ``"sum"``
+            (``-||z||^2 / 2``, Sec. 3.5 as written) or ``"mean"`` (``-mean(z^2) / 2``, the authors' released
+            evaluation code). Scoring only: it does not change training or the checkpoint.
+
+    Raises:
+        ValueError: for bad ``branches``, ``out_indices`` or ``log_likelihood``.
 
     Example:
         >>> net = DNFAD(image_size=(64, 64), n_blocks=1, hidden_channels=8, pixel_hidden_channels=8).eval()
@@ -104,8 +111,13 @@ class DNFAD(nn.Module):
         idconv_groups: int = 4,
         feature_noise: float = 0.0,
         seed: int = 0,
+        log_likelihood: str = "sum",
     ) -> None:
         super().__init__()
+        if log_likelihood not in LOG_LIKELIHOODS:
+            msg = f"log_likelihood must be one of {LOG_LIKELIHOODS}, got {log_likelihood!r}"
+            raise ValueError(msg)
+        self.log_likelihood = log_likelihood
         branches = tuple(branches)
         if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
             msg = f"branches must be a non-empty subset of {BRANCHES} without repeats, got {branches!r}"
@@ -170,12 +182,16 @@ class DNFAD(nn.Module):
         )
 
     def log_likelihood_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-branch log-likelihood maps ``log p = -||z||^2 / 2`` (sum over channels), ``(B, 1, h, w)`` each.
+        """Per-branch log-likelihood maps ``log p = -||z||^2 / 2``, ``(B, 1, h, w)`` each.
 
-        The constant ``-C/2 log 2π`` of the Gaussian density is the same for both branches and is dropped.
+        Summed over channels, or averaged with ``log_likelihood="mean"``. The constant ``-C/2 log 2π`` of the
+        Gaussian density is the same for both branches and is dropped.
         """
         outputs = self.forward_train(x)
-        return [-0.5 * out.z.pow(2).sum(dim=1, keepdim=True) for out in outputs if out is not None]
+        squared = [out.z.pow(2) for out in outputs if out is not None]
+        if self.log_likelihood == "mean":
+            return [-0.5 * z2.mean(dim=1, keepdim=True) for z2 in squared]
+        return [-0.5 * z2.sum(dim=1, keepdim=True) for z2 in squared]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly map ``-log(mean_b exp(log p_b))`` ``(B, 1, H, W)`` for images ``(B, C, H, W)`` (Eqs. 15-16)."""
