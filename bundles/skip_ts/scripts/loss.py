@@ -47,6 +47,16 @@ __all__ = [
 SIMILARITIES = ("cosine", "cosine_flat", "mse")
 
 
+def _check_same_shape(teacher: torch.Tensor, student: torch.Tensor) -> None:
+    """Raise ``ValueError`` when teacher and student features differ in shape."""
+    if teacher.shape != student.shape:
+        msg = (
+            "teacher and student features must have the same shape, "
+            f"got {tuple(teacher.shape)} and {tuple(student.shape)}"
+        )
+        raise ValueError(msg)
+
+
 def cosine_distance_map(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Per-position anomaly map ``M = 1 - cos(F_t, F_s)`` along channels (eq. 1).
 
@@ -61,12 +71,7 @@ def cosine_distance_map(teacher: torch.Tensor, student: torch.Tensor, eps: float
     Raises:
         ValueError: when the shapes differ.
     """
-    if teacher.shape != student.shape:
-        msg = (
-            "teacher and student features must have the same shape, "
-            f"got {tuple(teacher.shape)} and {tuple(student.shape)}"
-        )
-        raise ValueError(msg)
+    _check_same_shape(teacher, student)
     return 1.0 - F.cosine_similarity(teacher, student, dim=1, eps=eps).unsqueeze(1)
 
 
@@ -83,13 +88,11 @@ def flattened_cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps:
 
     Returns:
         ``(B,)`` distances in ``[0, 2]``.
+
+    Raises:
+        ValueError: when the shapes differ.
     """
-    if teacher.shape != student.shape:
-        msg = (
-            "teacher and student features must have the same shape, "
-            f"got {tuple(teacher.shape)} and {tuple(student.shape)}"
-        )
-        raise ValueError(msg)
+    _check_same_shape(teacher, student)
     return 1.0 - F.cosine_similarity(teacher.flatten(1), student.flatten(1), dim=1, eps=eps)
 
 
