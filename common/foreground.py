@@ -51,9 +51,7 @@ def keep_large_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_
 
 
 def compute_foreground(
-    image: np.ndarray | torch.Tensor,
-    largest_component: bool = True,
-    min_component_fraction: float = MIN_COMPONENT_FRACTION,
+    image: np.ndarray | torch.Tensor, min_component_fraction: float = MIN_COMPONENT_FRACTION
 ) -> np.ndarray:
     """Otsu threshold, the large connected components, and hole filling.
 
@@ -61,10 +59,9 @@ def compute_foreground(
 
     Args:
         image: ``(X, Y)`` or ``(X, Y, Z)`` intensities.
-        largest_component: keep only the large connected components: the largest and those of at least
-            ``min_component_fraction`` of its size (drops noise specks and, on CT, the couch; keeps brain lobes that
-            are separate in a 2D slice). ``False`` keeps every component.
-        min_component_fraction: see ``largest_component``; 1 keeps the largest component alone.
+        min_component_fraction: keep the largest connected component and those of at least this fraction of its
+            size (drops noise specks and, on CT, the couch; keeps brain lobes that are separate in a 2D slice).
+            1 keeps the largest component alone, 0 keeps every component.
 
     Returns:
         A boolean array of the image's shape. A constant image gives an all-True mask (nothing to separate).
@@ -78,8 +75,7 @@ def compute_foreground(
     if float(array.max()) <= float(array.min()):
         return np.ones(array.shape, dtype=bool)
     mask = array > threshold_otsu(array)
-    if largest_component:
-        mask = keep_large_components(mask, min_component_fraction)
+    mask = keep_large_components(mask, min_component_fraction)
     # MONAI's FillHoles expects a channel axis.
     mask_t = FillHoles(applied_labels=[1])(torch.from_numpy(mask[None].astype(np.uint8)))
     return np.asarray(mask_t[0]).astype(bool)

@@ -266,8 +266,15 @@ class VolumeRunner:
         stored = getattr(getattr(self.network, "calibration", None), "settings", {}).get("preprocessing", {})
         trained = stored.get("slices") if isinstance(stored, dict) else None
         current = self.slice_settings.as_dict()
-        if trained and trained != current:
-            logger.warning("slice settings differ from training: trained with %s, running with %s", trained, current)
+        # Keys added after a checkpoint was written are absent from its stored settings: compare the shared ones.
+        differing = sorted(key for key in (trained or {}) if key in current and trained[key] != current[key])
+        if differing:
+            logger.warning(
+                "slice settings differ from training in %s: trained with %s, running with %s",
+                ", ".join(differing),
+                {key: trained[key] for key in differing},
+                {key: current[key] for key in differing},
+            )
 
     def predict(self, loaded: LoadedImage) -> tuple[np.ndarray, np.ndarray, list[int], float]:
         """Maps, slice scores, the scored slice indices and the volume score of a loaded file."""

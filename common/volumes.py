@@ -19,7 +19,7 @@ import torch
 from monai.inferers import Inferer, SliceInferer
 
 from common.data import ImageRecord, IntensitySettings, is_nifti, load_image, normalize_intensity
-from common.foreground import compute_foreground
+from common.foreground import MIN_COMPONENT_FRACTION, compute_foreground
 from common.io import atomic_output
 
 __all__ = [
@@ -47,6 +47,9 @@ class SliceSettings:
         intensity: intensity normalisation (per 2D image, per 3D volume).
         foreground: ``"auto"`` (mask file when the dataset has one, else computed from the image), ``"file"``
             (mask file only; none means everything is foreground), ``"compute"`` or ``"none"`` (no foreground).
+        foreground_min_component: for computed foregrounds, the connected components kept: those of at least this
+            fraction of the largest one (see :func:`common.foreground.compute_foreground`; 1 keeps the largest
+            alone, 0 keeps all).
     """
 
     axis: int = 2
@@ -54,6 +57,7 @@ class SliceSettings:
     min_foreground: float = 0.0
     intensity: IntensitySettings | dict | None = None
     foreground: str = "auto"
+    foreground_min_component: float = MIN_COMPONENT_FRACTION
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -68,6 +72,9 @@ class SliceSettings:
         if self.foreground not in ("auto", "file", "compute", "none"):
             msg = f"foreground must be one of 'auto', 'file', 'compute', 'none', got {self.foreground!r}"
             raise ValueError(msg)
+        if not 0.0 <= self.foreground_min_component <= 1.0:
+            msg = f"foreground_min_component must be in [0, 1], got {self.foreground_min_component}"
+            raise ValueError(msg)
         if self.intensity is None:
             self.intensity = IntensitySettings()
         elif isinstance(self.intensity, dict):
@@ -81,6 +88,7 @@ class SliceSettings:
             "min_foreground": self.min_foreground,
             "intensity": self.intensity.as_dict(),
             "foreground": self.foreground,
+            "foreground_min_component": self.foreground_min_component,
         }
 
 
@@ -170,7 +178,7 @@ def normalize_with_foreground(
     elif foreground_file is not None and settings.foreground in ("auto", "file"):
         foreground = np.asarray(foreground_file, dtype=bool)
     elif settings.foreground in ("auto", "compute"):
-        foreground = compute_foreground(image)
+        foreground = compute_foreground(image, settings.foreground_min_component)
     else:
         foreground = np.ones(image.shape, dtype=bool)
     return image, foreground

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.foreground import compute_foreground, keep_large_components
+from common.foreground import MIN_COMPONENT_FRACTION, compute_foreground, keep_large_components
 
 
 def _square_with_hole() -> np.ndarray:
@@ -72,7 +72,7 @@ CASE_IDS = ["hole-filled", "lobe-kept", "largest-blob", "both-blobs", "volume-3d
 
 @pytest.mark.parametrize(("make", "largest", "expected"), CASES, ids=CASE_IDS)
 def test_compute_foreground(make, largest: bool, expected: np.ndarray) -> None:
-    mask = compute_foreground(make(), largest_component=largest)
+    mask = compute_foreground(make(), min_component_fraction=MIN_COMPONENT_FRACTION if largest else 0.0)
     assert mask.dtype == bool
     assert mask.shape == expected.shape
     np.testing.assert_array_equal(mask, expected)

@@ -352,3 +352,32 @@ def test_predict_volume_ignores_extra_outputs() -> None:
     maps, scores = predict_volume(WithExtras().eval(), loaded, MapScorer("max"), "cpu")
     np.testing.assert_allclose(maps, np.abs(image - 0.5), atol=1e-6)
     assert scores.shape == (VOLUME_SHAPE[2],)
+
+
+SETTINGS_MISMATCH_CASES = [
+    # a checkpoint written before a settings key existed: the shared keys match, nothing to report
+    ({"drop": "foreground_min_component"}, None),
+    # a real difference is reported with the key's two values
+    ({"set": {"min_foreground": 0.2}}, "min_foreground"),
+]
+SETTINGS_MISMATCH_IDS = ["older-checkpoint", "changed-key"]
+
+
+@pytest.mark.parametrize(("change", "reported"), SETTINGS_MISMATCH_CASES, ids=SETTINGS_MISMATCH_IDS)
+def test_prepare_reports_settings_that_differ_from_training(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, change: dict, reported: str | None
+) -> None:
+    settings = _settings()
+    trained = settings.as_dict()
+    trained.pop(change.get("drop", ""), None)
+    trained.update(change.get("set", {}))
+    network = DistanceFromHalf()
+    network.calibration.set_thresholds(PIXEL_THRESHOLD, IMAGE_THRESHOLD, preprocessing={"slices": trained})
+    runner = AnomalyInference(network, tmp_path, tmp_path / "out", settings, MapScorer())
+    with caplog.at_level("WARNING", logger="common.inference"):
+        runner.prepare()
+    warnings = [r.getMessage() for r in caplog.records if "differ from training" in r.getMessage()]
+    if reported is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and reported in warnings[0]

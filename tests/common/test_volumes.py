@@ -276,6 +276,21 @@ def test_load_record_foreground_modes_without_file(tmp_path: Path, mode: str, ex
         assert loaded.foreground[10, 8, 4] and not loaded.foreground[0, 0, 0]
 
 
+def test_load_record_computed_foreground_keeps_components_by_fraction(tmp_path: Path) -> None:
+    volume = np.zeros(SHAPE, np.float32)
+    volume[2:12, 2:12, 1:7] = 100.0  # the largest component: 600 voxels
+    volume[15:19, 12:16, 2:6] = 100.0  # a separate one: 64 voxels, about 11% of the largest
+    image = _write_volume(tmp_path / "img.nii.gz", volume)
+    kept = {
+        fraction: load_record(
+            ImageRecord(image), SliceSettings(foreground="compute", foreground_min_component=fraction)
+        ).foreground
+        for fraction in (0.1, 0.2)
+    }
+    assert kept[0.1][16, 13, 3] and kept[0.1].sum() == 600 + 64
+    assert not kept[0.2][16, 13, 3] and kept[0.2].sum() == 600
+
+
 def test_load_record_none_ignores_foreground_file(tmp_path: Path) -> None:
     image = _write_volume(tmp_path / "img.nii.gz", _blob_volume())
     foreground = _write_volume(tmp_path / "brain.nii.gz", np.zeros(SHAPE, np.uint8))
@@ -484,6 +499,8 @@ BAD_SETTINGS_CASES = [
     ({"foreground": "otsu"}, "foreground"),
     # intensity settings given as a dict are validated too
     ({"intensity": {"mode": "zscore"}}, "mode"),
+    # component fraction above 1
+    ({"foreground_min_component": 1.5}, "foreground_min_component"),
 ]
 BAD_SETTINGS_IDS = [
     "axis-3",
@@ -495,6 +512,7 @@ BAD_SETTINGS_IDS = [
     "min-fg-negative",
     "foreground-unknown",
     "intensity-dict-bad-mode",
+    "min-component-above-1",
 ]
 
 
