@@ -26,13 +26,14 @@ import numpy as np
 import pytest
 
 from tests.bundles import contract
-from tools.bundles import REPO_ROOT, run_bundle
+from tests.integration import monailabel_build
+from tests.integration.monailabel_build import VENV
+from tools.bundles import run_bundle
 from tools.export_bundle import export_bundle
 from tools.phantoms import write_dataset
 
 pytestmark = pytest.mark.monailabel
 
-VENV = Path(os.environ.get("UAD_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 BUILD_TIMEOUT_S = 1500
 START_TIMEOUT_S = 240
 INFER_TIMEOUT_S = 300
@@ -73,22 +74,18 @@ def _isolated_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def monailabel_python() -> Path:
-    """The MONAI Label environment's interpreter, building the environment when it is absent."""
+    """The MONAI Label environment's interpreter, waiting for its build (started by ``tests/conftest.py``)."""
     python = VENV / "bin" / "python"
-    if (VENV / ".complete").is_file():
+    if monailabel_build.is_complete():
         return python
     if "UAD_MONAILABEL_VENV" in os.environ:
         reason = f"UAD_MONAILABEL_VENV={VENV} is not a complete MONAI Label environment (no .complete marker)"
     else:
-        build = subprocess.run(
-            ["bash", str(REPO_ROOT / "tools" / "monailabel_env.sh"), str(VENV)],
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT_S,
-        )
-        if build.returncode == 0:
+        monailabel_build.start()  # a no-op when the session hook started it
+        build = monailabel_build.wait(BUILD_TIMEOUT_S)
+        if build.returncode == 0 and monailabel_build.is_complete():
             return python
-        reason = f"tools/monailabel_env.sh failed ({build.returncode}): {(build.stdout + build.stderr)[-2000:]}"
+        reason = f"tools/monailabel_env.sh failed ({build.returncode}): {build.output}"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"MONAI Label environment unavailable in CI: {reason}")
     pytest.skip(f"MONAI Label environment unavailable: {reason}")
