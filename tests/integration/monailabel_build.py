@@ -75,7 +75,9 @@ def wait(timeout: float) -> BuildResult | None:
     except subprocess.TimeoutExpired:
         stop()
         raise
-    return BuildResult(returncode, log.read_text(errors="replace")[-2000:])
+    output = log.read_text(errors="replace")[-2000:]
+    log.unlink(missing_ok=True)
+    return BuildResult(returncode, output)
 
 
 def stop() -> None:
