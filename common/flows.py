@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import numpy as np
 import torch
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.utils import LossReduction, look_up_option
 from torch import Tensor, nn
 
@@ -44,6 +46,7 @@ __all__ = [
     "foreground_weights",
     "invert_flow",
     "position_nll",
+    "positional_encoding_map",
     "run_flow",
     "run_flow_with_local_log_det",
 ]
@@ -229,6 +232,7 @@ def build_coupling_flow(
     clamp: float = 2.0,
     permute: bool = True,
     seed: int | None = None,
+    condition_channels: int = 0,
 ) -> Ff.SequenceINN:
     r"""Stack of affine coupling blocks (FrEIA ``GLOWCouplingBlock``) with fixed random channel permutations.
 
@@ -259,6 +263,10 @@ def build_coupling_flow(
     nominal spatial size and runs on any ``(H, W)``: one flow serves every input size. Use :func:`run_flow` and
     :func:`invert_flow` to call it.
 
+    With ``condition_channels > 0`` every coupling block is conditional (FrEIA's ``cond``): each subnet also reads
+    a condition map ``(B, condition_channels, H, W)``, concatenated to its input channels, e.g. the positional
+    encoding of :func:`positional_encoding_map` (CFlow-AD); the log-determinant formula is unchanged.
+
     Args:
         channels: number of channels ``C`` of the input ``(B, C, H, W)``.
         n_blocks: number of coupling blocks.
@@ -269,12 +277,15 @@ def build_coupling_flow(
         permute: append a fixed random channel permutation (FrEIA ``PermuteRandom``) after every block.
         seed: when given, fixes the permutations (block ``k`` uses ``seed + k``) and the subnets' initial weights,
             without changing the global NumPy or PyTorch random states; ``None`` draws them from those states.
+        condition_channels: channels of the condition every block reads (0: an unconditional flow).
 
     Returns:
-        the flow, a FrEIA ``SequenceINN``; ``flow(x)`` returns ``(z, log_jac_det)``.
+        the flow, a FrEIA ``SequenceINN``; ``flow(x)`` returns ``(z, log_jac_det)`` (``flow(x, c=[condition])``
+        when conditional).
 
     Raises:
-        ValueError: when ``channels`` < 2, ``n_blocks`` < 1 or ``clamp`` is not a finite number > 0.
+        ValueError: when ``channels`` < 2, ``n_blocks`` < 1, ``clamp`` is not a finite number > 0 or
+            ``condition_channels`` < 0.
         TypeError: when ``subnet_constructor`` is not callable.
 
     Example:
@@ -285,6 +296,7 @@ def build_coupling_flow(
     """
     check_int_at_least("channels", channels, 2)
     check_int_at_least("n_blocks", n_blocks, 1)
+    check_int_at_least("condition_channels", condition_channels, 0)
     if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not math.isfinite(clamp) or clamp <= 0:
         msg = f"clamp must be a finite number > 0 (for example 2.0), got {clamp!r}."
         raise ValueError(msg)
@@ -302,9 +314,12 @@ def build_coupling_flow(
         if seed is not None:
             torch.manual_seed(seed)
         try:
+            # the condition is concatenated to the subnets' input channels, so it needs the same nominal (1, 1) grid
+            conditioning = {"cond": 0, "cond_shape": (condition_channels, 1, 1)} if condition_channels else {}
             for k in range(n_blocks):
                 flow.append(
                     Fm.GLOWCouplingBlock,
+                    **conditioning,
                     subnet_constructor=subnet_constructor,
                     clamp=float(clamp),
                     clamp_activation=_AtanSoftClamp(float(clamp)),
@@ -328,27 +343,45 @@ def _check_flow_input(flow: nn.Module, x: Tensor, name: str) -> None:
         raise ValueError(msg)
 
 
-def run_flow(flow: nn.Module, x: Tensor) -> FlowOutput:
+def _condition_args(flow: nn.Module, x: Tensor, condition: Tensor | None) -> dict[str, list[Tensor]]:
+    """FrEIA's ``c`` argument for ``flow``; raise ``ValueError`` when ``condition`` does not fit the flow or ``x``."""
+    dims_c = [m.dims_c[0] for m in getattr(flow, "module_list", []) if getattr(m, "dims_c", None)]
+    if not dims_c:
+        if condition is not None:
+            msg = "condition was given to an unconditional flow (build it with condition_channels > 0)."
+            raise ValueError(msg)
+        return {}
+    expected = (x.shape[0], dims_c[0][0], *x.shape[2:])
+    if not torch.is_tensor(condition) or tuple(condition.shape) != expected:
+        got = tuple(condition.shape) if torch.is_tensor(condition) else type(condition).__name__
+        msg = f"condition must be a tensor of shape {expected} (the flow is conditional), got {got}."
+        raise ValueError(msg)
+    return {"c": [condition]}
+
+
+def run_flow(flow: nn.Module, x: Tensor, condition: Tensor | None = None) -> FlowOutput:
     """Run a FrEIA flow forward and package its outputs.
 
     Args:
         flow: a FrEIA ``SequenceINN`` (e.g. from :func:`build_coupling_flow`).
         x: input features ``(B, C, H, W)``.
+        condition: ``(B, C_c, H, W)`` for a conditional flow (``condition_channels`` of
+            :func:`build_coupling_flow`), ``None`` otherwise.
 
     Returns:
         ``FlowOutput(z, log_jac_det)`` with ``z`` of shape ``(B, C, H, W)`` and ``log_jac_det`` of shape ``(B,)``.
 
     Raises:
-        ValueError: when ``x`` is not ``(B, C, H, W)`` with the flow's channel count.
+        ValueError: when ``x`` is not ``(B, C, H, W)`` with the flow's channel count, or ``condition`` does not fit.
     """
     _check_flow_input(flow, x, "x")
-    z, log_jac_det = flow(x)
+    z, log_jac_det = flow(x, **_condition_args(flow, x, condition))
     if not torch.is_tensor(log_jac_det):  # a flow of fixed transforms only returns a Python number
         log_jac_det = x.new_full((x.shape[0],), float(log_jac_det))
     return FlowOutput(z=z, log_jac_det=log_jac_det)
 
 
-def run_flow_with_local_log_det(flow: nn.Module, x: Tensor) -> LocalFlowOutput:
+def run_flow_with_local_log_det(flow: nn.Module, x: Tensor, condition: Tensor | None = None) -> LocalFlowOutput:
     r"""Run a coupling flow forward and split its log-determinant over the spatial positions.
 
     An affine coupling block scales element :math:`(c, h, w)` by :math:`e^{s_{c,h,w}}`, and its Jacobian is
@@ -361,12 +394,13 @@ def run_flow_with_local_log_det(flow: nn.Module, x: Tensor) -> LocalFlowOutput:
     Args:
         flow: a FrEIA ``SequenceINN`` of ``GLOWCouplingBlock``s and permutations (e.g. :func:`build_coupling_flow`).
         x: input features ``(B, C, H, W)``.
+        condition: ``(B, C_c, H, W)`` for a conditional flow, ``None`` otherwise (see :func:`run_flow`).
 
     Returns:
         ``LocalFlowOutput(z, log_jac_det, log_jac_map)``.
 
     Raises:
-        ValueError: when ``x`` is not ``(B, C, H, W)`` with the flow's channel count.
+        ValueError: when ``x`` is not ``(B, C, H, W)`` with the flow's channel count, or ``condition`` does not fit.
         TypeError: when the flow holds a block whose log-determinant this function cannot split.
     """
     _check_flow_input(flow, x, "x")
@@ -389,7 +423,7 @@ def run_flow_with_local_log_det(flow: nn.Module, x: Tensor) -> LocalFlowOutput:
             msg = f"cannot split the log-determinant of {type(module).__name__} over positions"
             raise TypeError(msg)
     try:
-        out = run_flow(flow, x)
+        out = run_flow(flow, x, condition)
     finally:
         for handle in handles:
             handle.remove()
@@ -417,21 +451,55 @@ def position_nll(z: Tensor, log_jac_map: Tensor) -> Tensor:
     return 0.5 * z.pow(2).sum(dim=1, keepdim=True) - log_jac_map
 
 
-def invert_flow(flow: nn.Module, z: Tensor) -> Tensor:
+def positional_encoding_map(channels: int, height: int, width: int) -> Tensor:
+    r"""2D sine-cosine positional encoding as a map ``(1, channels, height, width)``, a condition for a flow.
+
+    CFlow-AD (Gudovskiy et al., WACV 2022, Sec. 4.2) conditions its flows on such an encoding so that the density
+    of a feature can depend on where it is; for aligned anatomy (axial brain slices) this lets the flow learn what
+    is normal at each position. The values come from MONAI's ``build_sincos_position_embedding`` (the MAE
+    encoding: half of the channels encode the column, half the row, with frequencies
+    :math:`10000^{-k/(\mathrm{channels}/4)}`), reshaped from tokens to a map.
+
+    Args:
+        channels: encoding channels, a positive multiple of 4.
+        height: rows of the feature grid.
+        width: columns of the feature grid.
+
+    Raises:
+        ValueError: when ``channels`` is not a positive multiple of 4 or the grid is empty.
+
+    Example:
+        >>> positional_encoding_map(8, 3, 5).shape
+        torch.Size([1, 8, 3, 5])
+    """
+    check_int_at_least("channels", channels, 4)
+    check_int_at_least("height", height, 1)
+    check_int_at_least("width", width, 1)
+    if channels % 4:
+        msg = f"channels of a 2D sine-cosine positional encoding must be a multiple of 4, got {channels}"
+        raise ValueError(msg)
+    with warnings.catch_warnings():  # MONAI calls torch.meshgrid without ``indexing`` (its default "ij" is meant)
+        warnings.simplefilter("ignore", UserWarning)
+        tokens = build_sincos_position_embedding([height, width], channels, spatial_dims=2).detach()
+    return tokens.reshape(1, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
+
+def invert_flow(flow: nn.Module, z: Tensor, condition: Tensor | None = None) -> Tensor:
     """Run a FrEIA flow in reverse, from latent to input.
 
     Args:
         flow: a FrEIA ``SequenceINN`` (e.g. from :func:`build_coupling_flow`).
         z: latent ``(B, C, H, W)``.
+        condition: the condition of the forward pass for a conditional flow, ``None`` otherwise.
 
     Returns:
         ``x`` with ``flow(x) = z``, shape ``(B, C, H, W)``.
 
     Raises:
-        ValueError: when ``z`` is not ``(B, C, H, W)`` with the flow's channel count.
+        ValueError: when ``z`` is not ``(B, C, H, W)`` with the flow's channel count, or ``condition`` does not fit.
     """
     _check_flow_input(flow, z, "z")
-    x, _ = flow(z, rev=True, jac=False)
+    x, _ = flow(z, rev=True, jac=False, **_condition_args(flow, z, condition))
     return x
 
 

@@ -148,8 +148,10 @@ ABLATIONS = [
     {"branches": ["pixel"]},
     # DSAM off: plain conv subnets in the map flow
     {"dynamic_attention": False},
+    # both branches conditioned on a positional encoding (the authors' released code)
+    {"positional_channels": 8},
 ]
-ABLATION_IDS = ["full", "map-only", "pixel-only", "no-dsam"]
+ABLATION_IDS = ["full", "map-only", "pixel-only", "no-dsam", "positional"]
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS, ids=ABLATION_IDS)
@@ -216,6 +218,23 @@ def test_pixel_flow_log_det_share_is_each_position_log_det(scripts):
     )
 
 
+def test_positional_condition_gives_the_pixel_flow_a_density_per_position(scripts):
+    torch.manual_seed(0)
+    net = scripts.network.DNFAD(**TINY_KWARGS, branches=["pixel"], positional_channels=8).eval()
+    for param in net.pixel_flow.parameters():  # leave the identity start so the check is not trivial
+        if param.requires_grad and torch.count_nonzero(param) == 0:
+            torch.nn.init.normal_(param, std=0.05)
+    # the same feature vector at every position: without a condition every position would get the same latent
+    features = torch.randn(1, 384, 1, 1).expand(1, 384, 4, 4).contiguous()
+    condition = net.positional_condition(features)
+    assert condition.shape == (1, 8, 4, 4)
+    with torch.no_grad():
+        z = net.pixel_flow(features, c=[condition])[0]
+    per_position = z.flatten(2)[0].T
+    assert torch.cdist(per_position, per_position).add(torch.eye(16)).min() > 1e-4
+    assert scripts.network.DNFAD(**TINY_KWARGS).positional_condition(features) is None
+
+
 BAD_CONFIGS = [
     # unknown branch name
     ({"branches": ["global"]}, "branches"),
@@ -225,10 +244,14 @@ BAD_CONFIGS = [
     ({"image_size": (16, 16)}, "image_size"),
     # negative feature noise
     ({"feature_noise": -1.0}, "feature_noise"),
+    # a 2D sine-cosine encoding needs a multiple of 4 channels
+    ({"positional_channels": 6}, "positional_channels"),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "word"), BAD_CONFIGS, ids=["branch-name", "no-branch", "image-size", "noise"])
+@pytest.mark.parametrize(
+    ("kwargs", "word"), BAD_CONFIGS, ids=["branch-name", "no-branch", "image-size", "noise", "positional"]
+)
 def test_bad_configuration_raises_value_error(scripts, kwargs, word):
     with pytest.raises(ValueError, match=word):
         scripts.network.DNFAD(n_blocks=1, hidden_channels=8, pixel_hidden_channels=8, **kwargs)

@@ -22,6 +22,7 @@ from common.flows import (
     flow_nll,
     invert_flow,
     position_nll,
+    positional_encoding_map,
     run_flow,
     run_flow_with_local_log_det,
 )
@@ -402,3 +403,73 @@ def test_flow_nll_loss_on_the_foreground_needs_masks_and_local_outputs() -> None
         FlowNLLLoss(foreground_only=True)([item], None)
     with pytest.raises(TypeError, match="True or False"):
         FlowNLLLoss(foreground_only="false")
+
+
+@pytest.mark.parametrize("method", JACOBIAN_METHODS, ids=JACOBIAN_METHODS)
+@pytest.mark.parametrize("subnet", SUBNETS, ids=SUBNET_IDS)
+def test_conditional_flow_inverts_and_its_logdet_matches_the_numerical_jacobian(subnet, method: str) -> None:
+    # 4 channels at 4x4 conditioned on a 4-channel positional map: the Jacobian is taken w.r.t. x only
+    shape = (1, 4, 4, 4)
+    flow = build_coupling_flow(4, N_BLOCKS, subnet, clamp=CLAMP, seed=0, condition_channels=4)
+    _perturb_zero_layers(flow, 0.1, 0)
+    flow = flow.eval().double()
+    condition = positional_encoding_map(4, 4, 4).double()
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.float64)
+
+    def func(v: torch.Tensor) -> torch.Tensor:
+        return run_flow(flow, v.view(shape), condition).z.flatten()
+
+    sign, numerical = torch.linalg.slogdet(_numerical_jacobian(func, x.flatten(), method))
+    with torch.no_grad():
+        out = run_flow_with_local_log_det(flow, x, condition)
+        x_rec = invert_flow(flow, out.z, condition)
+    assert sign != 0
+    assert out.log_jac_det[0].abs() > 1e-2, f"log-det too close to 0: {out.log_jac_det.item()}"
+    bound = JACOBIAN_ATOL + JACOBIAN_RTOL * numerical.abs().item()
+    assert (out.log_jac_det[0] - numerical).abs().item() < bound
+    assert torch.allclose(out.log_jac_map.sum(dim=(1, 2, 3)), out.log_jac_det)
+    assert (x_rec - x).abs().max().item() < 1e-10
+
+
+def test_the_condition_changes_the_latent() -> None:
+    flow = build_coupling_flow(4, 2, conv_subnet_constructor(8), seed=0, condition_channels=4)
+    _perturb_zero_layers(flow, 0.1, 0)
+    x = torch.randn(1, 4, 4, 4)
+    condition = positional_encoding_map(4, 4, 4)
+    with torch.no_grad():
+        z_a = run_flow(flow, x, condition).z
+        z_b = run_flow(flow, x, condition.flip(-1)).z
+    assert (z_a - z_b).abs().max() > 1e-3
+
+
+def test_run_flow_checks_the_condition() -> None:
+    conditional = build_coupling_flow(4, 1, conv_subnet_constructor(8), seed=0, condition_channels=4)
+    x = torch.randn(2, 4, 3, 5)
+    with pytest.raises(ValueError, match=r"^condition must be a tensor of shape \(2, 4, 3, 5\)"):
+        run_flow(conditional, x)
+    with pytest.raises(ValueError, match=r"^condition must be a tensor of shape \(2, 4, 3, 5\)"):
+        run_flow(conditional, x, torch.zeros(2, 4, 3, 4))
+    plain = build_coupling_flow(4, 1, conv_subnet_constructor(8), seed=0)
+    with pytest.raises(ValueError, match="^condition was given to an unconditional flow"):
+        run_flow(plain, x, torch.zeros(2, 4, 3, 5))
+    with pytest.raises(ValueError, match="^condition_channels must"):
+        build_coupling_flow(4, 1, conv_subnet_constructor(8), condition_channels=-1)
+
+
+def test_positional_encoding_map_is_the_sincos_encoding_of_rows_and_columns() -> None:
+    encoding = positional_encoding_map(8, 3, 5)
+    assert encoding.shape == (1, 8, 3, 5)
+    assert not encoding.requires_grad
+    # the first half depends on the column only, the second half on the row only
+    assert torch.equal(encoding[:, :4], encoding[:, :4, :1].expand(-1, -1, 3, -1))
+    assert torch.equal(encoding[:, 4:], encoding[:, 4:, :, :1].expand(-1, -1, -1, 5))
+    # frequency 1 of the column: sin(col) and cos(col)
+    columns = torch.arange(5, dtype=torch.float32)
+    assert torch.allclose(encoding[0, 0, 0], torch.sin(columns), atol=1e-6)
+    assert torch.allclose(encoding[0, 2, 0], torch.cos(columns), atol=1e-6)
+    # every position gets its own code
+    codes = encoding[0].flatten(1).T
+    assert torch.cdist(codes, codes).add(torch.eye(15)).min() > 1e-3
+    with pytest.raises(ValueError, match="multiple of 4"):
+        positional_encoding_map(6, 3, 5)

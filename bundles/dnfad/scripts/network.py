@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
-from common.checks import check_bool, check_image_size, check_non_negative
+from common.checks import check_bool, check_image_size, check_int_at_least, check_non_negative
 from common.flows import (
     LocalFlowOutput,
     build_coupling_flow,
     conv_subnet_constructor,
     dsam_subnet_constructor,
+    positional_encoding_map,
     run_flow_with_local_log_det,
 )
 from common.scoring import Calibration
@@ -83,9 +84,13 @@ class DNFAD(nn.Module):
         log_likelihood: channel reduction of the per-position log-likelihood used for the maps: ``"sum"``
             (``-||z||^2 / 2``, Sec. 3.5 as written) or ``"mean"`` (``-mean(z^2) / 2``, the authors' released
             evaluation code). Scoring only: it does not change training or the checkpoint.
+        positional_channels: channels of a 2D sine-cosine positional encoding that conditions every coupling subnet
+            of both branches (:func:`common.flows.positional_encoding_map`), a multiple of 4; 0 (default) builds the
+            unconditional flows of the paper's Eqs. 1-7. The authors' released code conditions both branches on a
+            64-channel encoding, as CFlow-AD does.
 
     Raises:
-        ValueError: for bad ``branches``, ``out_indices`` or ``log_likelihood``.
+        ValueError: for bad ``branches``, ``out_indices``, ``log_likelihood`` or ``positional_channels``.
 
     Example:
         >>> net = DNFAD(image_size=(64, 64), n_blocks=1, hidden_channels=8, pixel_hidden_channels=8).eval()
@@ -112,6 +117,7 @@ class DNFAD(nn.Module):
         feature_noise: float = 0.0,
         seed: int = 0,
         log_likelihood: str = "sum",
+        positional_channels: int = 0,
     ) -> None:
         super().__init__()
         if log_likelihood not in LOG_LIKELIHOODS:
@@ -127,6 +133,11 @@ class DNFAD(nn.Module):
             raise ValueError(msg)
         check_non_negative("feature_noise", feature_noise)
         check_bool("dynamic_attention", dynamic_attention)
+        check_int_at_least("positional_channels", positional_channels, 0)
+        if positional_channels % 4:
+            msg = f"positional_channels must be 0 or a multiple of 4, got {positional_channels}"
+            raise ValueError(msg)
+        self.positional_channels = positional_channels
         self.image_size = check_image_size(image_size)
         self.branches = branches
         self.feature_noise = feature_noise
@@ -140,12 +151,16 @@ class DNFAD(nn.Module):
                 if dynamic_attention
                 else conv_subnet_constructor(hidden_channels or channels // 2, kernel_size)
             )
-            self.map_flow = build_coupling_flow(channels, n_blocks, subnet, clamp=clamp, seed=seed)
+            self.map_flow = build_coupling_flow(
+                channels, n_blocks, subnet, clamp=clamp, seed=seed, condition_channels=positional_channels
+            )
         if "pixel" in branches:
             # 1x1 subnets: every position's vector is transformed on its own, so the per-sample log-determinant is
-            # the sum of the per-pixel ones (Eq. 12) and each position has its own density.
+            # the sum of the per-pixel ones (Eq. 12); with a positional condition each position has its own density.
             subnet = conv_subnet_constructor(pixel_hidden_channels or channels // 2, kernel_size=1)
-            self.pixel_flow = build_coupling_flow(channels, n_blocks, subnet, clamp=clamp, seed=seed + 1000)
+            self.pixel_flow = build_coupling_flow(
+                channels, n_blocks, subnet, clamp=clamp, seed=seed + 1000, condition_channels=positional_channels
+            )
         self.calibration = Calibration()
 
     @property
@@ -171,14 +186,25 @@ class DNFAD(nn.Module):
         ]
         return torch.cat(resized, dim=1)
 
+    def positional_condition(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The flows' condition for ``features`` ``(B, C, h, w)``: the positional encoding ``(B, P, h, w)`` or None."""
+        if not self.positional_channels:
+            return None
+        batch, _, height, width = features.shape
+        encoding = positional_encoding_map(self.positional_channels, height, width)
+        return encoding.to(device=features.device, dtype=features.dtype).expand(batch, -1, -1, -1)
+
     def forward_train(self, x: torch.Tensor) -> DNFADTrainOutput:
         """Latents and log-determinants of the enabled branches, for :class:`scripts.loss.DNFADLoss`."""
         features = self.fused_features(x)
         if self.training and self.feature_noise > 0:
             features = features + self.feature_noise * torch.randn_like(features)
+        condition = self.positional_condition(features)
         return DNFADTrainOutput(
-            map_flow=run_flow_with_local_log_det(self.map_flow, features) if self.map_flow is not None else None,
-            pixel_flow=run_flow_with_local_log_det(self.pixel_flow, features) if self.pixel_flow is not None else None,
+            map_flow=None if self.map_flow is None else run_flow_with_local_log_det(self.map_flow, features, condition),
+            pixel_flow=(
+                None if self.pixel_flow is None else run_flow_with_local_log_det(self.pixel_flow, features, condition)
+            ),
         )
 
     def log_likelihood_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
