@@ -233,6 +233,10 @@ def test_positional_condition_gives_the_pixel_flow_a_density_per_position(script
     per_position = z.flatten(2)[0].T
     assert torch.cdist(per_position, per_position).add(torch.eye(16)).min() > 1e-4
     assert scripts.network.DNFAD(**TINY_KWARGS).positional_condition(features) is None
+    # the encoding is rebuilt only for a new grid and never stored in the checkpoint
+    assert torch.equal(net.positional_condition(features), condition)
+    assert net.positional_condition(features[..., :3]).shape == (1, 8, 4, 3)
+    assert "positional_encoding" not in net.state_dict()
 
 
 BAD_CONFIGS = [

@@ -138,6 +138,9 @@ class DNFAD(nn.Module):
             msg = f"positional_channels must be 0 or a multiple of 4, got {positional_channels}"
             raise ValueError(msg)
         self.positional_channels = positional_channels
+        # the encoding of the last feature grid, kept so it is not rebuilt for every batch; it follows .to(device)
+        # and, being non-persistent, stays out of the checkpoint
+        self.register_buffer("positional_encoding", torch.empty(0), persistent=False)
         self.image_size = check_image_size(image_size)
         self.branches = branches
         self.feature_noise = feature_noise
@@ -191,8 +194,10 @@ class DNFAD(nn.Module):
         if not self.positional_channels:
             return None
         batch, _, height, width = features.shape
-        encoding = positional_encoding_map(self.positional_channels, height, width)
-        return encoding.to(device=features.device, dtype=features.dtype).expand(batch, -1, -1, -1)
+        if tuple(self.positional_encoding.shape[-2:]) != (height, width):
+            self.positional_encoding = positional_encoding_map(self.positional_channels, height, width)
+        encoding = self.positional_encoding.to(device=features.device, dtype=features.dtype)
+        return encoding.expand(batch, -1, -1, -1)
 
     def forward_train(self, x: torch.Tensor) -> DNFADTrainOutput:
         """Latents and log-determinants of the enabled branches, for :class:`scripts.loss.DNFADLoss`."""
