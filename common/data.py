@@ -301,7 +301,9 @@ class IntensitySettings:
         return {"mode": self.mode, "lower": self.lower, "upper": self.upper, "a_min": self.a_min, "a_max": self.a_max}
 
 
-def normalize_intensity(image: torch.Tensor, settings: IntensitySettings, is_volume: bool) -> torch.Tensor:
+def normalize_intensity(
+    image: torch.Tensor, settings: IntensitySettings, is_volume: bool, inside: np.ndarray | None = None
+) -> torch.Tensor:
     """Scale one image or one whole volume to [0, 1] (per-volume normalisation, DESIGN.md).
 
     Args:
@@ -309,6 +311,8 @@ def normalize_intensity(image: torch.Tensor, settings: IntensitySettings, is_vol
         settings: the intensity settings.
         is_volume: the array comes from a volume file (NIfTI, 2D or 3D); ``"auto"`` uses percentiles for it and a
             fixed 0..255 range only for 8-bit pictures (png, jpg, ...).
+        inside: optional boolean mask of the image's shape (the brain): percentiles are taken over these voxels
+            only, so the air, skull and scalp around a brain do not move its intensity range.
 
     Returns:
         A float tensor of the same shape in [0, 1].
@@ -320,6 +324,14 @@ def normalize_intensity(image: torch.Tensor, settings: IntensitySettings, is_vol
         a_min, a_max = 0.0, 255.0
     else:
         a_min, a_max = settings.a_min, settings.a_max
+    if mode == "percentile" and inside is not None and np.any(inside):
+        # ScaleIntensityRangePercentiles has no mask argument: take the percentiles of the brain voxels here and
+        # scale with the range transform.
+        values = np.asarray(image, dtype=np.float32)[np.asarray(inside, dtype=bool)]
+        a_min, a_max = (float(v) for v in np.percentile(values, [settings.lower, settings.upper]))
+        mode = "range" if a_max > a_min else "constant"
+    if mode == "constant":
+        return torch.zeros(tuple(image.shape), dtype=torch.float32)
     if mode == "range":
         transform = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
     else:

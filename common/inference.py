@@ -40,9 +40,11 @@ from common.volumes import LoadedImage, SliceSettings, SliceWiseInferer, load_re
 __all__ = [
     "ANOMALY_OUTPUT",
     "OUTPUTS_METHOD",
+    "SCORES_HEADER",
     "AnomalyInference",
     "InferenceSummary",
     "VolumeRunner",
+    "find_brain_mask",
     "has_extra_outputs",
     "list_input_files",
     "predict_volume",
@@ -57,7 +59,10 @@ SKIPPED_FOLDERS = ("ground_truth", "brain_mask")
 OUTPUTS_METHOD = "forward_outputs"
 """Optional network method returning ``{"anomaly": map, <name>: image, ...}`` (the extra-output protocol)."""
 ANOMALY_OUTPUT = "anomaly"
-_RESERVED_OUTPUTS = (ANOMALY_OUTPUT, "mask")
+_RESERVED_OUTPUTS = (ANOMALY_OUTPUT, "mask", "brain_mask")
+SCORES_HEADER = ("file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous", "scored")
+"""Columns of ``scores.csv``. Volume slices left out by the slice selection (too little brain) have ``scored`` 0 and
+empty ``slice_score`` / ``slice_anomalous``; the volume score uses only the scored slices."""
 
 
 def has_extra_outputs(network: nn.Module) -> bool:
@@ -84,6 +89,36 @@ def list_input_files(folder: str | Path) -> list[Path]:
         if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
             files.append(path)
     return files
+
+
+def find_brain_mask(path: str | Path, root: str | Path) -> Path | None:
+    """The ``brain_mask/`` file of an input file, when the folder it was found in follows the dataset layout.
+
+    From the input's folder up to the parent of ``root``, each folder ``A`` is searched for
+    ``A/brain_mask/<path below A>`` and, when the path below ``A`` starts with ``train`` or ``test``, for
+    ``A/brain_mask/<class>/<name>`` (the layout of DESIGN.md). So inference over ``<dataset>``, over
+    ``<dataset>/test`` or over a plain folder with a ``brain_mask/`` beside the scans finds the masks that training
+    would use, and those masks take precedence over brain extraction.
+
+    Example:
+        >>> find_brain_mask("data/test/lesion/s1.nii.gz", "data/test")  # doctest: +SKIP
+        PosixPath('data/brain_mask/lesion/s1.nii.gz')
+    """
+    path, root = Path(path), Path(root)
+    try:
+        relative = path.relative_to(root.parent)
+    except ValueError:
+        return None
+    for depth in range(len(relative.parts) - 1, -1, -1):
+        ancestor = root.parent.joinpath(*relative.parts[:depth])
+        below = relative.parts[depth:]
+        candidates = [ancestor / "brain_mask" / Path(*below)]
+        if len(below) >= 3 and below[0] in ("train", "test"):
+            candidates.append(ancestor / "brain_mask" / Path(*below[1:]))
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
@@ -284,11 +319,20 @@ class VolumeRunner:
     def predict_outputs(
         self, loaded: LoadedImage, extra_outputs: bool = True
     ) -> tuple[np.ndarray, np.ndarray, list[int], float, dict[str, np.ndarray]]:
-        """As :meth:`predict`, plus the network's extra outputs (``{name: (C, X, Y, Z)}``, see the module doc)."""
+        """As :meth:`predict`, plus the network's extra outputs (``{name: (C, X, Y, Z)}``, see the module doc).
+
+        Slices that :func:`common.volumes.select_slices` leaves out (too little brain, outside the slice range) get a
+        zero map; their scores are returned but take no part in the volume score.
+        """
         maps, scores, extras = predict_volume_outputs(
             self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp, extra_outputs
         )
         selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
+        not_scored = np.setdiff1d(np.arange(loaded.n_slices), selected)
+        if not_scored.size:  # slices with too little brain: map 0, no score (DESIGN.md)
+            index: list[Any] = [slice(None)] * maps.ndim
+            index[loaded.axis] = not_scored
+            maps[tuple(index)] = 0.0
         return maps, scores, selected, volume_score(scores[selected], self.volume_method), extras
 
 
@@ -297,14 +341,24 @@ class AnomalyInference(VolumeRunner):
 
     Args:
         write_masks: also write ``<stem>_mask.nii.gz`` at the calibrated pixel threshold.
+        write_brain_masks: also write ``<stem>_brain_mask.nii.gz``, the brain mask the maps are restricted to, for
+            files whose foreground is a brain mask (a ``brain_mask/`` file or an extraction).
         write_extra_outputs: also write the network's extra outputs, ``<stem>_<name>.nii.gz`` (networks with a
             ``forward_outputs`` method only; see the module doc).
         **kwargs: the arguments of :class:`VolumeRunner`.
     """
 
-    def __init__(self, *args: Any, write_masks: bool = True, write_extra_outputs: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        write_masks: bool = True,
+        write_brain_masks: bool = True,
+        write_extra_outputs: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.write_masks = write_masks
+        self.write_brain_masks = write_brain_masks
         self.write_extra_outputs = write_extra_outputs
 
     def _write_extras(self, extras: dict[str, np.ndarray], path: Path, stem: str, is_volume: bool) -> list[Path]:
@@ -337,20 +391,46 @@ class AnomalyInference(VolumeRunner):
             unique.append(candidate)
         return unique
 
+    def _record(self, path: Path) -> ImageRecord:
+        return ImageRecord(path, foreground=find_brain_mask(path, self.dataset_dir))
+
     def _loaded(self, files: Sequence[Path]) -> Iterator[tuple[Path, LoadedImage | Exception]]:
         """Load files one ahead in a background thread so reading overlaps with the network."""
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures: list[Future | None] = [
-                pool.submit(load_record, ImageRecord(f), self.slice_settings) for f in files[:1]
+                pool.submit(load_record, self._record(f), self.slice_settings) for f in files[:1]
             ]
             for i, path in enumerate(files):
                 if i + 1 < len(files):
-                    futures.append(pool.submit(load_record, ImageRecord(files[i + 1]), self.slice_settings))
+                    futures.append(pool.submit(load_record, self._record(files[i + 1]), self.slice_settings))
                 try:
                     yield path, futures[i].result()
                 except Exception as error:  # reported per file; the batch goes on
                     yield path, error
                 futures[i] = None  # release the loaded volume
+
+    @staticmethod
+    def _score_rows(
+        path: Path,
+        loaded: LoadedImage,
+        scores: np.ndarray,
+        selected: Sequence[int],
+        vol_score: float,
+        thresholds: tuple[float, float] | None,
+    ) -> list[list[object]]:
+        """``scores.csv`` rows of one file: every slice of a volume, those not scored with empty scores."""
+        rows: list[list[object]] = []
+        chosen = set(selected)
+        volume_flag = "" if thresholds is None else int(vol_score > thresholds[1])
+        for index in range(loaded.n_slices) if loaded.is_volume else selected:
+            slice_index = index if loaded.is_volume else ""
+            if index in chosen:
+                slice_flag = "" if thresholds is None else int(scores[index] > thresholds[1])
+                rows.append([str(path), slice_index, f"{scores[index]:.6g}", f"{vol_score:.6g}", slice_flag,
+                             volume_flag, 1])
+            else:
+                rows.append([str(path), slice_index, "", f"{vol_score:.6g}", "", volume_flag, 0])
+        return rows
 
     def run(self) -> InferenceSummary:
         """Process every file; returns the summary and writes ``scores.csv`` (and ``failed.csv`` when needed)."""
@@ -372,6 +452,10 @@ class AnomalyInference(VolumeRunner):
                 if self.write_masks and thresholds is not None:
                     mask = (out_maps > thresholds[0]).astype(np.float32)
                     written.append(write_map(mask, path, self.output_dir / f"{stem}_mask.nii.gz"))
+                if self.write_brain_masks and loaded.is_brain_mask:
+                    brain = loaded.foreground.astype(np.float32)
+                    out_brain = brain if loaded.is_volume else brain[..., 0]
+                    written.append(write_map(out_brain, path, self.output_dir / f"{stem}_brain_mask.nii.gz"))
                 written.extend(self._write_extras(extras, path, stem, loaded.is_volume))
             except Exception as error:  # one bad file must not stop the batch
                 message = str(error) if str(path) in str(error) else f"{path}: {error}"
@@ -379,17 +463,9 @@ class AnomalyInference(VolumeRunner):
                 summary.failed.append((str(path), message))
                 continue
             summary.written.extend(written)
-            for index in selected:
-                flags = (
-                    ["", ""]
-                    if thresholds is None
-                    else [int(scores[index] > thresholds[1]), int(vol_score > thresholds[1])]
-                )
-                slice_index = index if loaded.is_volume else ""
-                summary.rows.append([str(path), slice_index, f"{scores[index]:.6g}", f"{vol_score:.6g}", *flags])
+            summary.rows.extend(self._score_rows(path, loaded, scores, selected, vol_score, thresholds))
             logger.info("%s: volume score %.4g -> %s", path.name, vol_score, written[0])
-        header = ["file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous"]
-        write_csv_atomic(self.output_dir / "scores.csv", header, summary.rows)
+        write_csv_atomic(self.output_dir / "scores.csv", SCORES_HEADER, summary.rows)
         if summary.failed:
             write_csv_atomic(self.output_dir / "failed.csv", ["file", "error"], summary.failed)
         logger.info(

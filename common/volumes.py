@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import Inferer, SliceInferer
 
+from common.brain import ExtractBrainMaskd, check_brain_extraction
 from common.data import ImageRecord, IntensitySettings, is_nifti, load_image, normalize_intensity
 from common.foreground import MIN_COMPONENT_FRACTION, compute_foreground
 from common.io import atomic_output
@@ -30,6 +31,7 @@ __all__ = [
     "load_slices",
     "normalize_with_foreground",
     "select_slices",
+    "slice_indices",
     "write_map",
 ]
 
@@ -50,6 +52,12 @@ class SliceSettings:
         foreground_min_component: for computed foregrounds, the connected components kept: those of at least this
             fraction of the largest one (see :func:`common.foreground.compute_foreground`; 1 keeps the largest
             alone, 0 keeps all).
+        brain_extraction: how 3D volumes without a ``brain_mask/`` file get their brain mask in the ``"auto"`` and
+            ``"file"`` foreground modes: ``"deepbet"``, ``"none"`` or ``"module:function"`` (:mod:`common.brain`).
+            Voxels outside a brain mask (file or extraction) are set to the background before normalisation.
+        min_brain_fraction: keep only volume slices whose foreground area is at least this fraction of the volume's
+            largest foreground slice (0 keeps all). Slices left out take no part in training or calibration and are
+            not scored at inference.
     """
 
     axis: int = 2
@@ -58,6 +66,8 @@ class SliceSettings:
     intensity: IntensitySettings | dict | None = None
     foreground: str = "auto"
     foreground_min_component: float = MIN_COMPONENT_FRACTION
+    brain_extraction: str = "deepbet"
+    min_brain_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -75,6 +85,10 @@ class SliceSettings:
         if not 0.0 <= self.foreground_min_component <= 1.0:
             msg = f"foreground_min_component must be in [0, 1], got {self.foreground_min_component}"
             raise ValueError(msg)
+        check_brain_extraction(self.brain_extraction)
+        if not 0.0 <= self.min_brain_fraction < 1.0:
+            msg = f"min_brain_fraction must be in [0, 1), got {self.min_brain_fraction}"
+            raise ValueError(msg)
         if self.intensity is None:
             self.intensity = IntensitySettings()
         elif isinstance(self.intensity, dict):
@@ -89,6 +103,8 @@ class SliceSettings:
             "intensity": self.intensity.as_dict(),
             "foreground": self.foreground,
             "foreground_min_component": self.foreground_min_component,
+            "brain_extraction": self.brain_extraction,
+            "min_brain_fraction": self.min_brain_fraction,
         }
 
 
@@ -98,11 +114,13 @@ class LoadedImage:
 
     Attributes:
         record: the source record.
-        image: intensities in [0, 1].
-        foreground: boolean foreground.
+        image: intensities in [0, 1] (zero outside a brain mask, when there is one).
+        foreground: boolean foreground (the brain mask, else the computed foreground).
         mask: boolean ground truth or ``None``.
         is_volume: whether the file is a 3D volume.
         axis: the slicing axis used (2 for 2D images).
+        foreground_source: where the foreground came from: ``"file"`` (``brain_mask/``), ``"extraction"``,
+            ``"computed"`` or ``"none"``.
     """
 
     record: ImageRecord
@@ -111,11 +129,17 @@ class LoadedImage:
     mask: np.ndarray | None
     is_volume: bool
     axis: int
+    foreground_source: str = "computed"
 
     @property
     def n_slices(self) -> int:
         """Number of slices along the slicing axis."""
         return self.image.shape[self.axis]
+
+    @property
+    def is_brain_mask(self) -> bool:
+        """Whether the foreground is a brain mask (from a file or an extraction), not a computed head mask."""
+        return self.foreground_source in ("file", "extraction")
 
     def slice(self, array: np.ndarray, index: int) -> np.ndarray:
         """One 2D slice of a volume-shaped array."""
@@ -130,11 +154,50 @@ def _load_mask(path: Path, shape: tuple[int, ...], image: Path, what: str) -> np
     return mask
 
 
-def load_record(record: ImageRecord, settings: SliceSettings) -> LoadedImage:
-    """Load a file, normalise it per image / per volume, and attach its foreground and ground-truth masks.
+BRAIN_MASK_KEY = "brain_mask"
+
+
+def brain_mask_for(data: torch.Tensor, settings: SliceSettings, mask_file: np.ndarray | None = None) -> tuple[
+    np.ndarray | None, str
+]:
+    """The brain mask of one loaded image through :class:`common.brain.ExtractBrainMaskd`, and where it came from.
+
+    Args:
+        data: the raw image ``(X, Y)`` or volume ``(X, Y, Z)`` (a ``MetaTensor`` carries its file name and affine).
+        settings: the foreground mode and ``brain_extraction`` (extraction runs in the ``"auto"`` mode only;
+            ``"file"`` uses mask files alone).
+        mask_file: the mask read from ``brain_mask/``, if any (it takes precedence).
+
+    Returns:
+        ``(mask, source)``: a boolean mask or ``None`` (no brain mask: the foreground is computed or everything), and
+        ``"file"``, ``"extraction"`` or ``"none"``.
 
     Raises:
-        ValueError: ``"<file>: ..."`` for unreadable files, wrong dimensionality or mismatched masks.
+        common.brain.BrainExtractionError: when the extraction fails or finds an implausibly small brain.
+    """
+    if settings.foreground not in ("auto", "file"):
+        return None, "none"
+    if mask_file is not None:
+        return np.asarray(mask_file, dtype=bool), "file"
+    if settings.foreground == "file":  # mask files only
+        return None, "none"
+    extract = ExtractBrainMaskd(keys="image", method=settings.brain_extraction, mask_key=BRAIN_MASK_KEY)
+    out = extract({"image": data[None]})
+    if out.get(BRAIN_MASK_KEY) is None:
+        return None, "none"
+    return np.asarray(out[BRAIN_MASK_KEY][0]) > 0, "extraction"
+
+
+def load_record(record: ImageRecord, settings: SliceSettings) -> LoadedImage:
+    """Load a file, find its brain, strip and normalise it per image / per volume, and attach its masks.
+
+    The brain mask is the ``brain_mask/`` file when the record has one, else the extracted brain of a 3D volume
+    (``settings.brain_extraction``); without either the foreground is computed from the image (2D images,
+    ``brain_extraction: "none"``) and the image is not stripped.
+
+    Raises:
+        ValueError: ``"<file>: ..."`` for unreadable files, wrong dimensionality, mismatched masks or a failed
+            brain extraction.
     """
     data = load_image(record.image)
     is_volume = data.ndim == 3
@@ -143,59 +206,84 @@ def load_record(record: ImageRecord, settings: SliceSettings) -> LoadedImage:
         raise ValueError(msg)
     shape = tuple(data.shape)
     mask = _load_mask(record.mask, shape, record.image, "mask") if record.mask is not None else None
-    foreground_file = None
+    mask_file = None
     if record.foreground is not None and settings.foreground in ("auto", "file"):
-        foreground_file = _load_mask(record.foreground, shape, record.image, "foreground mask")
-    image, foreground = normalize_with_foreground(data, settings, is_volume or is_nifti(record.image), foreground_file)
+        mask_file = _load_mask(record.foreground, shape, record.image, "foreground mask")
+    brain, source = brain_mask_for(data, settings, mask_file)
+    image, foreground = normalize_with_foreground(data, settings, is_volume or is_nifti(record.image), brain)
+    if brain is None:
+        source = "none" if settings.foreground in ("none", "file") else "computed"
     axis = settings.axis if is_volume else 2
     if not is_volume:
         image, foreground = image[..., None], foreground[..., None]
         mask = mask[..., None] if mask is not None else None
-    return LoadedImage(record, image.astype(np.float32), foreground, mask, is_volume, axis)
+    return LoadedImage(record, image.astype(np.float32), foreground, mask, is_volume, axis, source)
 
 
 def normalize_with_foreground(
     data: np.ndarray | torch.Tensor,
     settings: SliceSettings,
     from_volume_file: bool,
-    foreground_file: np.ndarray | None = None,
+    brain_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Normalise one image or volume (per image / per volume) and give its foreground.
+    """Strip (with a brain mask), normalise one image or volume (per image / per volume) and give its foreground.
+
+    With a brain mask the intensities are normalised over the brain alone (the percentiles of ``"percentile"`` mode
+    are taken inside it) and every voxel outside it is set to the background value 0, so the network sees the
+    stripped brain. Without one the whole image is normalised and the foreground is computed from it (or is
+    everything), as for 2D images.
 
     Args:
         data: raw intensities ``(X, Y)`` or ``(X, Y, Z)``.
         settings: the intensity and foreground settings.
         from_volume_file: the array comes from a NIfTI file (never treated as an 8-bit picture by ``"auto"``).
-        foreground_file: the foreground mask read from the dataset, if any (used by the ``"auto"`` and ``"file"``
-            modes).
+        brain_mask: the brain mask (a ``brain_mask/`` file or an extraction), if any; used by the ``"auto"`` and
+            ``"file"`` modes.
 
     Returns:
         ``(image, foreground)``: float32 intensities in [0, 1] and a boolean foreground of the same shape.
     """
-    image = normalize_intensity(torch.as_tensor(data), settings.intensity, from_volume_file).numpy().astype(np.float32)
-    if settings.foreground == "none":
+    use_mask = brain_mask is not None and settings.foreground in ("auto", "file")
+    inside = np.asarray(brain_mask, dtype=bool) if use_mask else None
+    image = normalize_intensity(torch.as_tensor(data), settings.intensity, from_volume_file, inside)
+    image = image.numpy().astype(np.float32)
+    if inside is not None:
+        image[~inside] = 0.0
+        return image, inside
+    if settings.foreground in ("none", "file"):
         foreground = np.ones(image.shape, dtype=bool)
-    elif foreground_file is not None and settings.foreground in ("auto", "file"):
-        foreground = np.asarray(foreground_file, dtype=bool)
-    elif settings.foreground in ("auto", "compute"):
-        foreground = compute_foreground(image, settings.foreground_min_component)
     else:
-        foreground = np.ones(image.shape, dtype=bool)
+        foreground = compute_foreground(image, settings.foreground_min_component)
     return image, foreground
 
 
-def select_slices(loaded: LoadedImage, settings: SliceSettings) -> list[int]:
-    """Indices of the slices to use: the slice range, then the minimum-foreground rule (2D images: ``[0]``)."""
-    if not loaded.is_volume:
-        return [0]
-    indices = range(loaded.n_slices)
+def slice_indices(foreground: np.ndarray, axis: int, settings: SliceSettings) -> list[int]:
+    """Indices of the volume slices to use, from the foreground of the whole volume ``(X, Y, Z)``.
+
+    The rules, in order: the ``slice_range``; ``min_foreground`` (foreground share of the slice);
+    ``min_brain_fraction`` (foreground area relative to the volume's largest foreground slice).
+    """
+    n_slices = foreground.shape[axis]
+    indices = list(range(n_slices))
     if settings.slice_range is not None:
         start, stop = settings.slice_range
-        indices = range(max(start, 0), min(stop, loaded.n_slices))
+        indices = list(range(max(start, 0), min(stop, n_slices)))
+    other = tuple(a for a in range(foreground.ndim) if a != axis)
     if settings.min_foreground > 0:
-        fractions = loaded.foreground.mean(axis=tuple(a for a in range(3) if a != loaded.axis))
+        fractions = foreground.mean(axis=other)
         indices = [i for i in indices if fractions[i] >= settings.min_foreground]
-    return list(indices)
+    if settings.min_brain_fraction > 0:
+        areas = foreground.sum(axis=other)
+        largest = areas.max() if areas.size else 0
+        indices = [i for i in indices if largest > 0 and areas[i] >= settings.min_brain_fraction * largest]
+    return indices
+
+
+def select_slices(loaded: LoadedImage, settings: SliceSettings) -> list[int]:
+    """Indices of the slices to use (:func:`slice_indices`; a 2D image is the one slice ``[0]``)."""
+    if not loaded.is_volume:
+        return [0]
+    return slice_indices(loaded.foreground, loaded.axis, settings)
 
 
 def load_slices(

@@ -179,7 +179,9 @@ def check_nifti_inference_skips_bad_files(
     with open(out / "scores.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and {r["file"] for r in rows} == {str(inputs / lesion_volume.name)}
-    assert all(np.isfinite(float(r["slice_score"])) for r in rows)
+    scored = [r for r in rows if r["scored"] == "1"]
+    assert scored and all(np.isfinite(float(r["slice_score"])) for r in scored)
+    assert all(r["slice_score"] == "" for r in rows if r["scored"] == "0")
     with open(out / "failed.csv") as handle:
         failed = {Path(r["file"]).name: r["error"] for r in csv.DictReader(handle)}
     assert set(failed) == {"corrupt.nii.gz", "four_d.nii.gz"}

@@ -19,7 +19,7 @@ from common.volumes import LoadedImage, SliceSettings
 
 VOLUME_SHAPE = (12, 10, 6)
 PNG_HW = (10, 14)  # rows, columns
-CSV_HEADER = ["file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous"]
+CSV_HEADER = ["file", "slice", "slice_score", "volume_score", "slice_anomalous", "volume_anomalous", "scored"]
 PIXEL_THRESHOLD, IMAGE_THRESHOLD = 0.4, 0.47
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_run_writes_maps_on_the_input_grid(tmp_path: Path) -> None:
     np.testing.assert_allclose(anomaly.affine, source.affine)
     assert anomaly.get_data_dtype() == np.float32
     expected_map = np.abs(arrays["brain"] / 255.0 - 0.5)
-    # the map covers every slice, also those outside the slice range used for scoring
+    expected_map[..., [0, 5]] = 0.0  # slices outside the slice range are not scored: map 0
     np.testing.assert_allclose(anomaly.get_fdata(), expected_map, atol=1e-6)
     mask = nib.load(str(out / "brain_mask.nii.gz"))
     assert mask.shape == VOLUME_SHAPE
@@ -135,9 +135,14 @@ def test_run_writes_scores_csv_for_selected_slices(tmp_path: Path) -> None:
     rows = _read_csv(out / "scores.csv")
     assert rows[0] == CSV_HEADER
     body = rows[1:]
-    assert len(body) == len(summary.rows) == 4 + 1  # slices 1..4 of the volume, one row for the PNG
+    assert len(body) == len(summary.rows) == 6 + 1  # every slice of the volume, one row for the PNG
 
-    brain_rows = [r for r in body if r[0] == str(inputs / "brain.nii.gz")]
+    all_brain_rows = [r for r in body if r[0] == str(inputs / "brain.nii.gz")]
+    assert [int(r[1]) for r in all_brain_rows] == list(range(6))
+    not_scored = [r for r in all_brain_rows if r[6] == "0"]
+    assert [int(r[1]) for r in not_scored] == [0, 5]
+    assert all(r[2] == "" and r[4] == "" and r[3] != "" for r in not_scored)
+    brain_rows = [r for r in all_brain_rows if r[6] == "1"]
     assert [int(r[1]) for r in brain_rows] == [1, 2, 3, 4]
     slice_scores = np.abs(arrays["brain"] / 255.0 - 0.5).max(axis=(0, 1))
     volume = slice_scores[1:5].max()
@@ -153,6 +158,7 @@ def test_run_writes_scores_csv_for_selected_slices(tmp_path: Path) -> None:
     assert photo_row[1] == ""
     assert float(photo_row[2]) == pytest.approx(photo_score, rel=1e-5)
     assert float(photo_row[3]) == pytest.approx(photo_score, rel=1e-5)
+    assert photo_row[6] == "1"
 
 
 def test_run_reports_bad_files_and_completes(tmp_path: Path) -> None:

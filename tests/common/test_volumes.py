@@ -266,7 +266,7 @@ FOREGROUND_MODE_IDS = ["auto", "compute", "file-missing", "none"]
 @pytest.mark.parametrize(("mode", "expected"), FOREGROUND_MODE_CASES, ids=FOREGROUND_MODE_IDS)
 def test_load_record_foreground_modes_without_file(tmp_path: Path, mode: str, expected: str) -> None:
     image = _write_volume(tmp_path / "img.nii.gz", _blob_volume())
-    loaded = load_record(ImageRecord(image), SliceSettings(foreground=mode))
+    loaded = load_record(ImageRecord(image), SliceSettings(foreground=mode, brain_extraction="none"))
     assert loaded.foreground.dtype == bool and loaded.foreground.shape == SHAPE
     if expected == "ones":
         assert loaded.foreground.all()
@@ -456,7 +456,8 @@ def test_load_slices_labels_without_masks_and_2d_images(tmp_path: Path) -> None:
     normal = _write_volume(tmp_path / "normal.nii.gz", _blob_volume())
     png = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(13).integers(0, 256, (10, 14), dtype=np.uint8)).save(png)
-    slices = load_slices([ImageRecord(normal, label=0), ImageRecord(png, label=None)], SliceSettings())
+    settings = SliceSettings(brain_extraction="none")
+    slices = load_slices([ImageRecord(normal, label=0), ImageRecord(png, label=None)], settings)
     assert len(slices) == SHAPE[2] + 1
     assert all(item["label"] == 0 and "mask" not in item for item in slices[:-1])
     last = slices[-1]
@@ -469,10 +470,11 @@ def test_load_slices_skip_errors(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(np.random.default_rng(14).bytes(400))
     records = [ImageRecord(corrupt, 0), ImageRecord(good, 0)]
+    settings = SliceSettings(brain_extraction="none")
     with pytest.raises(ValueError) as info:
-        load_slices(records, SliceSettings())
+        load_slices(records, settings)
     assert str(info.value).startswith(str(corrupt))
-    slices = load_slices(records, SliceSettings(), skip_errors=True)
+    slices = load_slices(records, settings, skip_errors=True)
     assert len(slices) == SHAPE[2]
     assert {item["source"] for item in slices} == {str(good)}
 

@@ -82,7 +82,9 @@ def _slice(array: np.ndarray, index: int, axis: int) -> np.ndarray:
 
 
 def read_scores_csv(path: str | Path) -> list[tuple[str, int, float]]:
-    """``(file, slice, slice score)`` rows of a bundle's ``scores.csv`` (slice 0 for 2D images).
+    """``(file, slice, slice score)`` rows of a bundle's ``scores.csv`` (slice 0 for 2D images), scored slices only.
+
+    Rows marked ``scored`` 0 (slices with too little brain) carry no score and are left out.
 
     Raises:
         ValueError: when the file is missing or lacks the ``file``, ``slice`` and ``slice_score`` columns.
@@ -97,7 +99,11 @@ def read_scores_csv(path: str | Path) -> list[tuple[str, int, float]]:
         if missing:
             msg = f"{path}: missing columns {sorted(missing)}; got {reader.fieldnames}"
             raise ValueError(msg)
-        return [(row["file"], int(row["slice"] or 0), float(row["slice_score"])) for row in reader]
+        return [
+            (row["file"], int(row["slice"] or 0), float(row["slice_score"]))
+            for row in reader
+            if row.get("scored", "1") != "0"
+        ]
 
 
 def load_predictions(maps_dir: str | Path, dataset_dir: str | Path, axis: int = 2) -> SlicePredictions:
