@@ -92,25 +92,26 @@ def list_input_files(folder: str | Path) -> list[Path]:
 
 
 def find_brain_mask(path: str | Path, root: str | Path) -> Path | None:
-    """The ``brain_mask/`` file of an input file, when the folder it was found in follows the dataset layout.
+    """The ``brain_mask/`` file of an input file, when the folders around it follow the dataset layout.
 
-    From the input's folder up to the parent of ``root``, each folder ``A`` is searched for
+    From the input's folder up to two levels above ``root``, each folder ``A`` is searched for
     ``A/brain_mask/<path below A>`` and, when the path below ``A`` starts with ``train`` or ``test``, for
-    ``A/brain_mask/<class>/<name>`` (the layout of DESIGN.md). So inference over ``<dataset>``, over
-    ``<dataset>/test`` or over a plain folder with a ``brain_mask/`` beside the scans finds the masks that training
-    would use, and those masks take precedence over brain extraction.
+    ``A/brain_mask/<class>/<name>`` (the layout of DESIGN.md). So inference over ``<dataset>``, ``<dataset>/test``,
+    ``<dataset>/test/<class>`` or a plain folder with a ``brain_mask/`` beside the scans finds the masks that
+    training would use, and those masks take precedence over brain extraction.
 
     Example:
         >>> find_brain_mask("data/test/lesion/s1.nii.gz", "data/test")  # doctest: +SKIP
         PosixPath('data/brain_mask/lesion/s1.nii.gz')
     """
     path, root = Path(path), Path(root)
+    top = root.parent.parent
     try:
-        relative = path.relative_to(root.parent)
+        relative = path.relative_to(top)
     except ValueError:
         return None
     for depth in range(len(relative.parts) - 1, -1, -1):
-        ancestor = root.parent.joinpath(*relative.parts[:depth])
+        ancestor = top.joinpath(*relative.parts[:depth])
         below = relative.parts[depth:]
         candidates = [ancestor / "brain_mask" / Path(*below)]
         if len(below) >= 3 and below[0] in ("train", "test"):
@@ -426,8 +427,9 @@ class AnomalyInference(VolumeRunner):
             slice_index = index if loaded.is_volume else ""
             if index in chosen:
                 slice_flag = "" if thresholds is None else int(scores[index] > thresholds[1])
-                rows.append([str(path), slice_index, f"{scores[index]:.6g}", f"{vol_score:.6g}", slice_flag,
-                             volume_flag, 1])
+                rows.append(
+                    [str(path), slice_index, f"{scores[index]:.6g}", f"{vol_score:.6g}", slice_flag, volume_flag, 1]
+                )
             else:
                 rows.append([str(path), slice_index, "", f"{vol_score:.6g}", "", volume_flag, 0])
         return rows

@@ -1,10 +1,12 @@
 """MONAI dictionary transforms for one study: the path MONAI Label takes through a bundle's ``inference.json``.
 
 MONAI Label runs ``preprocessing`` → ``inferer`` → ``postprocessing`` on a single image. These transforms wrap the
-same functions as batch inference (:func:`common.volumes.normalize_with_foreground` for the per-volume
-normalisation and foreground, :func:`common.inference.score_volume` for smoothing and foreground restriction), so a
-map from MONAI Label equals the ``<stem>_anomaly.nii.gz`` of a batch run. Arrays are channel-first: ``(1, X, Y, Z)``
-for volumes, ``(1, X, Y)`` for 2D images.
+same functions as batch inference (:class:`common.brain.ExtractBrainMaskd` for the brain mask, placed before
+:class:`NormalizeVolumed` in ``preprocessing``; :func:`common.volumes.normalize_with_foreground` for stripping, the
+per-volume normalisation and the foreground; :func:`common.volumes.slice_indices` for the slices that are scored;
+:func:`common.inference.score_volume` for smoothing and foreground restriction), so a map from MONAI Label equals the
+``<stem>_anomaly.nii.gz`` of a batch run. Arrays are channel-first: ``(1, X, Y, Z)`` for volumes, ``(1, X, Y)`` for 2D
+images.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -22,7 +25,7 @@ from common.data import is_nifti
 from common.inference import score_volume
 from common.scoring import MapScorer
 from common.training import load_thresholds
-from common.volumes import SliceSettings, normalize_with_foreground
+from common.volumes import BRAIN_MASK_KEY, SliceSettings, normalize_with_foreground, slice_indices
 
 __all__ = ["AnomalyMapd", "NormalizeVolumed", "pixel_threshold"]
 
@@ -40,16 +43,18 @@ def _source_name(array: Any) -> str:
 
 
 class NormalizeVolumed(MapTransform):
-    """Normalise each image per volume to [0, 1] and add its foreground, as batch inference does.
+    """Strip, normalise each image per volume to [0, 1] and add its foreground, as batch inference does.
 
-    The foreground is computed from the image (``"auto"`` / ``"compute"``) or is everything (``"file"`` / ``"none"``:
-    a single study comes without a mask file).
+    With a brain mask under ``brain_mask_key`` (from :class:`common.brain.ExtractBrainMaskd`, which runs before this
+    transform) the image is stripped and normalised over the brain and the foreground is the brain. Without one the
+    foreground is computed from the image (``"auto"`` / ``"compute"``) or is everything (``"file"`` / ``"none"``).
 
     Args:
         keys: the image keys, each ``(1, X, Y)`` or ``(1, X, Y, Z)``.
         settings: the slice settings of the bundle (intensity and foreground; a dict is accepted).
         foreground_key: where the foreground ``(1, ...)`` (float 0/1, same meta as the image) goes; with several
             keys, ``<foreground_key>_<key>``.
+        brain_mask_key: the brain mask ``(1, ...)`` of the image, if any; with several keys, ``<brain_mask_key>_<key>``.
         allow_missing_keys: do not fail on missing keys.
     """
 
@@ -58,11 +63,13 @@ class NormalizeVolumed(MapTransform):
         keys: KeysCollection,
         settings: SliceSettings | dict | None = None,
         foreground_key: str = "foreground",
+        brain_mask_key: str = BRAIN_MASK_KEY,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.settings = settings if isinstance(settings, SliceSettings) else SliceSettings(**(settings or {}))
         self.foreground_key = foreground_key
+        self.brain_mask_key = brain_mask_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Return ``data`` with each image normalised and its foreground added."""
@@ -72,7 +79,15 @@ class NormalizeVolumed(MapTransform):
             array = torch.as_tensor(d[key])
             raw = _single_channel(array, key, type(self).__name__)
             from_volume_file = raw.ndim == 3 or is_nifti(Path(_source_name(d[key])))
-            image, foreground = normalize_with_foreground(raw, self.settings, from_volume_file)
+            mask_key = self.brain_mask_key if len(keys) == 1 else f"{self.brain_mask_key}_{key}"
+            brain = d.get(mask_key)
+            if brain is not None:
+                brain = _single_channel(torch.as_tensor(brain), mask_key, type(self).__name__).cpu().numpy() > 0
+                if brain.shape != tuple(raw.shape):
+                    source = _source_name(d[key])
+                    msg = f"{source}: brain mask shape {brain.shape} does not match image shape {tuple(raw.shape)}"
+                    raise ValueError(msg)
+            image, foreground = normalize_with_foreground(raw, self.settings, from_volume_file, brain)
             meta = getattr(d[key], "meta", None)
             d[key] = MetaTensor(torch.from_numpy(image)[None], meta=meta)
             out_key = self.foreground_key if len(keys) == 1 else f"{self.foreground_key}_{key}"
@@ -88,6 +103,8 @@ class AnomalyMapd(MapTransform):
         scorer: the bundle's scorer (the smoothing it applies per slice).
         foreground_key: the foreground written by :class:`NormalizeVolumed` (``None``: everything).
         axis: the slicing axis of volumes (2D images are one slice).
+        settings: the bundle's slice settings; volume slices they leave out (too little brain, outside the slice
+            range) get a zero map, as in batch inference. ``None`` keeps every slice.
         allow_missing_keys: do not fail on missing keys.
     """
 
@@ -97,6 +114,7 @@ class AnomalyMapd(MapTransform):
         scorer: MapScorer,
         foreground_key: str | None = "foreground",
         axis: int = 2,
+        settings: SliceSettings | dict | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -106,6 +124,7 @@ class AnomalyMapd(MapTransform):
         self.scorer = scorer
         self.foreground_key = foreground_key
         self.axis = axis
+        self.settings = SliceSettings(**settings) if isinstance(settings, dict) else settings
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Return ``data`` with each prediction replaced by its final anomaly map (float32, same meta)."""
@@ -121,6 +140,11 @@ class AnomalyMapd(MapTransform):
             is_image = raw.ndim == 2
             volume, inside = (raw[..., None], foreground[..., None]) if is_image else (raw, foreground)
             maps, _ = score_volume(volume, inside, 2 if is_image else self.axis, self.scorer)
+            if not is_image and self.settings is not None:
+                kept = slice_indices(np.asarray(foreground.cpu()) > 0, self.axis, self.settings)
+                dropped = sorted(set(range(maps.shape[self.axis])) - set(kept))
+                if kept and dropped:  # batch inference scores every slice when none is kept
+                    maps.index_fill_(self.axis, torch.tensor(dropped, device=maps.device), 0.0)
             maps = maps[..., 0] if is_image else maps
             d[key] = MetaTensor(maps[None].to(torch.float32), meta=getattr(d[key], "meta", None))
         return d

@@ -157,9 +157,9 @@ def _load_mask(path: Path, shape: tuple[int, ...], image: Path, what: str) -> np
 BRAIN_MASK_KEY = "brain_mask"
 
 
-def brain_mask_for(data: torch.Tensor, settings: SliceSettings, mask_file: np.ndarray | None = None) -> tuple[
-    np.ndarray | None, str
-]:
+def brain_mask_for(
+    data: torch.Tensor, settings: SliceSettings, mask_file: np.ndarray | None = None
+) -> tuple[np.ndarray | None, str]:
     """The brain mask of one loaded image through :class:`common.brain.ExtractBrainMaskd`, and where it came from.
 
     Args:

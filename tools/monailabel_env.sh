@@ -14,6 +14,6 @@ rm -rf "$venv"  # an interrupted build is started again
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 "$venv/bin/pip" install -q "monailabel==0.8.5" "pydicom<3" "pynetdicom<3" "dicomweb-client<0.60" \
-    FrEIA timm scikit-learn scikit-image scipy nibabel matplotlib
+    FrEIA timm scikit-learn scikit-image scipy nibabel matplotlib deepbet
 touch "$venv/.complete"
 echo "$venv: built"

@@ -153,6 +153,10 @@ def check_nifti_inference_skips_bad_files(
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / lesion_volume.name).write_bytes(lesion_volume.read_bytes())
+    # the phantom's brain mask beside the scans (``brain_mask/<name>``) takes precedence over brain extraction
+    brain_mask = lesion_volume.parents[2] / "brain_mask" / lesion_volume.parent.name / lesion_volume.name
+    (inputs / "brain_mask").mkdir()
+    (inputs / "brain_mask" / lesion_volume.name).write_bytes(brain_mask.read_bytes())
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), inputs / "four_d.nii.gz")
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
@@ -171,6 +175,10 @@ def check_nifti_inference_skips_bad_files(
     assert anomaly.get_data_dtype() == np.float32
     assert np.isfinite(np.asarray(anomaly.dataobj)).all()
     assert (out / lesion_volume.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
+    written_brain = nib.load(out / lesion_volume.name.replace(".nii.gz", "_brain_mask.nii.gz"))
+    assert np.array_equal(np.asarray(written_brain.dataobj) > 0, np.asarray(nib.load(brain_mask).dataobj) > 0)
+    anomaly_map = np.asarray(anomaly.dataobj)
+    assert not anomaly_map[np.asarray(nib.load(brain_mask).dataobj) == 0].any(), "map nonzero outside the brain"
     for suffix in extra_outputs:
         written = nib.load(out / lesion_volume.name.replace(".nii.gz", f"_{suffix}.nii.gz"))
         assert written.shape == reference.shape, suffix

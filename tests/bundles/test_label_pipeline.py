@@ -8,7 +8,6 @@ server is in ``tests/integration/test_monailabel.py``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -37,6 +36,13 @@ def _parser(bundle: str, overrides: dict) -> ConfigParser:
     return parser
 
 
+def _write_head_sized(source: Path, out: Path) -> Path:
+    """The phantom with 3x larger voxels, so its extracted brain has a plausible size (over 300 ml)."""
+    image = nib.load(source)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine @ np.diag([3.0, 3.0, 3.0, 1.0])), out)
+    return out
+
+
 def _write_calibrated(network: torch.nn.Module, path: Path, pixel_threshold: float) -> None:
     network.calibration.set_thresholds(pixel_threshold, 1.0)
     torch.save({"model": network.state_dict()}, path)
@@ -46,10 +52,12 @@ def _write_calibrated(network: torch.nn.Module, path: Path, pixel_threshold: flo
 def test_label_pipeline_matches_batch_inference(bundle, phantoms_3d, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    volume = shutil.copy(sorted((phantoms_3d / "test" / "lesion").glob("*.nii.gz"))[0], inputs / "case.nii.gz")
+    volume = _write_head_sized(sorted((phantoms_3d / "test" / "lesion").glob("*.nii.gz"))[0], inputs / "case.nii.gz")
     checkpoint = tmp_path / "model.pt"
     overrides = {
         **TINY[bundle],
+        # brain extraction on, through the same transform as deepbet, with a fast stand-in extractor
+        "brain_extraction": "tests.stand_ins:threshold_brain",
         "ckpt_path": str(checkpoint),
         "dataset_dir": str(inputs),
         "output_dir": str(tmp_path / "out"),
@@ -85,6 +93,10 @@ def test_label_pipeline_matches_batch_inference(bundle, phantoms_3d, tmp_path):
     np.testing.assert_array_equal(label[0].numpy(), batch_mask.astype(np.uint8))
     assert 0 < int(label.sum()) < label.numel()
     np.testing.assert_allclose(np.asarray(label.affine), nib.load(volume).affine, atol=1e-5)
+    # maps are zero outside the extracted brain, which batch inference writes beside them
+    brain = nib.load(tmp_path / "out" / "case_brain_mask.nii.gz").get_fdata() > 0
+    assert brain.any() and not batch_map[~brain].any()
+    assert not label[0].numpy()[~brain].any()
 
 
 @pytest.mark.parametrize("bundle", sorted(TINY))

@@ -1,0 +1,371 @@
+"""Synthetic lesions implanted in real head scans: a test set on real anatomy for raw (not skull-stripped) volumes.
+
+:func:`implant_lesions` grows 1 to 3 hyperintense lesions inside the brain of one volume, like the lesions of the
+phantoms in :mod:`tools.phantoms` (and like a tumour or oedema on FLAIR): ellipsoids with random anisotropic radii and
+a random 3D orientation, cut by thresholded smooth noise for an irregular outline, with a soft edge and a heterogeneous
+interior. Each lesion lies entirely inside the brain mask. The lesion mask is exactly the set of voxels whose value
+changed.
+
+:func:`write_anatomy_dataset` turns a folder of healthy volumes (``train/good`` with reference brain masks in
+``brain_mask/good``, like ``../shared/data/ixi_t1``) into a dataset in the layout of ``DESIGN.md``, split by subject:
+training subjects and normal test subjects are copied unchanged; the other test subjects get lesions. No subject
+appears in two splits, so a detector cannot match a lesioned test image to its own healthy scan.
+
+Example:
+    Write the IXI T1 set (16 training, 4 normal test and 4 lesioned test subjects; raw scans, no brain masks)::
+
+        python -m tools.phantoms demo_data/ixi_t1_lesions --from-volumes ../shared/data/ixi_t1 --n-train 16
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from common.io import atomic_output
+from tools.phantoms import _check_rng, _smooth_noise
+
+__all__ = ["DEFAULT_CONTRAST", "implant_lesions", "write_anatomy_dataset"]
+
+DEFAULT_CONTRAST = 1.3
+"""Lesion target intensity as a multiple of the brain's 99th-percentile intensity.
+
+On the IXI T1 volumes white matter, the brightest brain tissue, lies around the brain's 75th-95th percentiles and the
+99th percentile is about 1.1-1.2 times the white-matter mean; a target of 1.3 times the 99th percentile (jittered by
++-8 % per lesion and +-8 % within a lesion) makes lesions clearly brighter than white matter (about 1.3-1.4 times its
+mean once the soft edge is averaged in) while staying well below the bright scalp fat and the top of the uint8 range
+(about 170-190 of 255), so no lesion voxel saturates.
+"""
+
+_EDGE_MM = (3.0, 6.0)  # width of the soft edge: the blend weight rises from 0.45 to 1 over this depth
+_MIN_INCREASE = 0.1  # minimum increase, as a fraction of the brain's 99th percentile, before the edge weight
+_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _check_pair(name: str, value: Sequence[float], positive: bool) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        msg = f"{name}: expected a (min, max) pair of numbers, got {value!r}"
+        raise ValueError(msg) from None
+    if not (np.isfinite(low) and np.isfinite(high)) or low > high or (low <= 0 if positive else low < 1):
+        msg = f"{name}: expected finite min <= max with min {'> 0' if positive else '>= 1'}, got {value!r}"
+        raise ValueError(msg)
+    return low, high
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random 3D rotation matrix (from a normalised Gaussian quaternion)."""
+    quaternion = rng.standard_normal(4)
+    w, x, y, z = quaternion / max(float(np.linalg.norm(quaternion)), 1e-12)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast float values to ``dtype``: integers are rounded and clipped to the type's range."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def implant_lesions(
+    volume: np.ndarray,
+    brain: np.ndarray,
+    rng: np.random.Generator,
+    spacing_mm: tuple[float, float, float],
+    n_lesions: tuple[int, int] = (1, 3),
+    radius_mm: tuple[float, float] = (6.0, 15.0),
+    contrast: float = DEFAULT_CONTRAST,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grow hyperintense lesions inside the brain of a real 3D volume.
+
+    Each lesion is an ellipsoid with a base radius drawn from ``radius_mm`` and semi-axes of 0.7-1.3 times it in a
+    random orientation, centred on a voxel deep enough in the brain (distance transform of ``brain``) for the whole
+    ellipsoid to fit; thresholded smooth noise cuts its outline, and it is intersected with ``brain``. Lesion voxels
+    are blended towards ``contrast`` times the brain's 99th-percentile intensity, with a weight that rises from 0.45 at
+    the lesion border to 1 a few millimetres inside (soft edge) and a smooth +-8 % texture (heterogeneity); every
+    lesion voxel gets at least a small increase, so lesions are hyperintense even where the tissue is already bright.
+
+    Args:
+        volume: 3D image (any real dtype); not modified.
+        brain: boolean-like brain mask of the same shape; lesions lie inside it.
+        rng: random generator; it is advanced.
+        spacing_mm: voxel size along the three axes in millimetres.
+        n_lesions: inclusive ``(min, max)`` number of lesions (min >= 1).
+        radius_mm: ``(min, max)`` base radius of a lesion in millimetres (min > 0). A lesion that does not fit in the
+            brain is shrunk to the deepest brain point's depth.
+        contrast: lesion target intensity as a multiple of the brain's 99th-percentile intensity (> 0); see
+            :data:`DEFAULT_CONTRAST` for the choice of the default.
+
+    Returns:
+        ``(lesioned, mask)``: the lesioned volume with the dtype of ``volume`` (integer types are rounded and clipped
+        to the type's range) and the boolean lesion mask, ``True`` exactly where the lesioned volume differs from
+        ``volume``.
+
+    Raises:
+        TypeError: if ``rng`` is not a ``numpy.random.Generator``.
+        ValueError: if the volume is not 3D, the mask's shape differs, the brain mask is empty, or an argument is out
+            of range.
+    """
+    _check_rng(rng)
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or not np.issubdtype(volume.dtype, np.number) or np.iscomplexobj(volume):
+        msg = f"volume: expected a real 3D array, got shape {volume.shape} and dtype {volume.dtype}"
+        raise ValueError(msg)
+    brain = np.asarray(brain)
+    if brain.shape != volume.shape:
+        msg = f"brain: expected the volume's shape {volume.shape}, got {brain.shape}"
+        raise ValueError(msg)
+    brain = brain > 0
+    if not brain.any():
+        msg = "brain: the brain mask is empty"
+        raise ValueError(msg)
+    try:
+        spacing = np.array([float(s) for s in spacing_mm], dtype=np.float64)
+    except (TypeError, ValueError):
+        msg = f"spacing_mm: expected 3 positive numbers, got {spacing_mm!r}"
+        raise ValueError(msg) from None
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        msg = f"spacing_mm: expected 3 positive numbers, got {spacing_mm!r}"
+        raise ValueError(msg)
+    count_low, count_high = _check_pair("n_lesions", n_lesions, positive=False)
+    if count_low != int(count_low) or count_high != int(count_high):
+        msg = f"n_lesions: expected a (min, max) pair of ints, got {n_lesions!r}"
+        raise ValueError(msg)
+    radius_low, radius_high = _check_pair("radius_mm", radius_mm, positive=True)
+    if (
+        isinstance(contrast, bool)
+        or not isinstance(contrast, int | float | np.integer | np.floating)
+        or not 0 < contrast < np.inf
+    ):
+        msg = f"contrast: expected a positive finite number, got {contrast!r}"
+        raise ValueError(msg)
+
+    shape = volume.shape
+    values = volume.astype(np.float32)
+    reference = float(np.percentile(values[brain], 99.0))
+    scale = reference if reference > 0 else max(float(np.abs(values[brain]).max()), 1.0)
+    depth_mm = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=spacing)[(slice(1, -1),) * 3]
+    weight = np.zeros(shape, dtype=np.float32)  # in (0, 1] inside a lesion: soft edge
+    target = np.zeros(shape, dtype=np.float32)  # intensity each lesion voxel is pulled towards
+    for _ in range(int(rng.integers(int(count_low), int(count_high) + 1))):
+        semi_mm = rng.uniform(radius_low, radius_high) * rng.uniform(0.7, 1.3, 3)
+        # Voxels deep enough for the whole ellipsoid (its farthest point is max(semi) from the centre) to fit.
+        candidates = np.flatnonzero(depth_mm > semi_mm.max())
+        if candidates.size == 0:
+            deepest = float(depth_mm.max())
+            semi_mm *= 0.9 * deepest / semi_mm.max()
+            candidates = np.flatnonzero(depth_mm >= deepest)
+        centre = np.unravel_index(candidates[rng.integers(candidates.size)], shape)
+        half = np.ceil(semi_mm.max() / spacing).astype(int) + 1
+        box = tuple(
+            slice(max(int(c) - int(h), 0), min(int(c) + int(h) + 1, n))
+            for c, h, n in zip(centre, half, shape, strict=True)
+        )
+        grids = np.meshgrid(
+            *[(np.arange(s.start, s.stop) - c) * d for s, c, d in zip(box, centre, spacing, strict=True)],
+            indexing="ij",
+        )
+        offsets = np.stack(grids, axis=-1) @ _random_rotation(rng)  # mm, in the lesion's own frame
+        radial = np.sqrt(np.sum((offsets / semi_mm) ** 2, axis=-1))
+        sigma = np.maximum(semi_mm.mean() / 3.0 / spacing, 1.0)
+        rough = _smooth_noise(rng, radial.shape, tuple(sigma))
+        blob = ((radial < 1.0) & (radial + 0.3 * rough < 0.8)) | (radial < 0.3)
+        blob &= brain[box]
+        labels, _ = ndimage.label(blob)
+        blob = labels == labels[tuple(int(c) - s.start for c, s in zip(centre, box, strict=True))]
+        inside = ndimage.distance_transform_edt(np.pad(blob, 1), sampling=spacing)[(slice(1, -1),) * 3]
+        edge = rng.uniform(*_EDGE_MM)
+        w = np.where(blob, 0.45 + 0.55 * np.clip(inside / edge, 0.0, 1.0), 0.0).astype(np.float32)
+        stronger = w > weight[box]
+        weight[box] = np.where(stronger, w, weight[box])
+        lesion_target = np.float32(contrast * scale * rng.uniform(0.92, 1.08))
+        target[box] = np.where(stronger, lesion_target, target[box])
+
+    region = weight > 0
+    heterogeneity = 1.0 + 0.08 * _smooth_noise(rng, shape, tuple(np.maximum(3.0 / spacing, 0.5)))
+    increase = np.maximum(target * heterogeneity - values, np.float32(_MIN_INCREASE * scale))
+    lesioned_values = values.copy()
+    lesioned_values[region] += (weight * increase)[region]
+    lesioned = volume.copy()
+    lesioned[region] = _cast_like(lesioned_values[region], volume.dtype)
+    mask = lesioned != volume
+    return lesioned, mask
+
+
+def _volumes(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.endswith(_SUFFIXES)
+    )
+
+
+def _copy_atomic(source: Path, destination: Path) -> None:
+    with atomic_output(destination) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _write_nifti(image: nib.spatialimages.SpatialImage, destination: Path) -> None:
+    data = image.to_bytes()
+    if destination.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    with atomic_output(destination) as tmp:
+        tmp.write_bytes(data)
+
+
+def _subject_seed(seed: int, name: str) -> list[int]:
+    return [int(seed), zlib.crc32(name.encode("utf-8"))]
+
+
+def write_anatomy_dataset(
+    source_dir: str | Path,
+    out_dir: str | Path,
+    n_train: int,
+    seed: int = 0,
+    with_brain_masks: bool = False,
+    n_lesions: tuple[int, int] = (1, 3),
+    radius_mm: tuple[float, float] = (6.0, 15.0),
+    contrast: float = DEFAULT_CONTRAST,
+) -> dict[str, Any]:
+    """Write a dataset of real healthy volumes and the same kind of volumes with implanted lesions, split by subject.
+
+    The source holds healthy 3D NIfTI volumes in ``train/good`` and their brain masks (0/1, same grid) under the same
+    file names in ``brain_mask/good``. Its subjects (file names, sorted, then shuffled with ``seed``) are split: the
+    first ``n_train`` are training subjects; of the rest, the first half (rounded down) are normal test subjects and
+    the others get lesions (:func:`implant_lesions`). Layout (``<name>`` is the source file name)::
+
+        out_dir/train/good/<name>                   training volumes, byte copies of the source files
+        out_dir/test/good/<name>                    normal test volumes, byte copies
+        out_dir/test/lesion/<name>                  lesioned test volumes
+        out_dir/ground_truth/lesion/<name>          lesion masks, uint8 0/1
+        out_dir/brain_mask/{good,lesion}/<name>     only with ``with_brain_masks``: byte copies of the source masks
+
+    Lesioned volumes keep the source header (data type, scaling, affine, qform/sform codes): lesions are implanted in
+    the stored (unscaled) values, so the scaled intensities of untouched voxels are unchanged. Masks share the header
+    but store plain 0/1. Every file is written to a temporary name and then renamed; the lesions of a subject depend
+    only on ``seed`` and its file name.
+
+    Args:
+        source_dir: dataset with ``train/good`` volumes and ``brain_mask/good`` masks.
+        out_dir: dataset root, created if needed; files of the same names are replaced.
+        n_train: number of training subjects (>= 1); at least 2 subjects must remain for the test splits.
+        seed: non-negative seed of the split and of the lesions.
+        with_brain_masks: also copy the reference brain masks; by default none are written (raw scans, as users
+            have them).
+        n_lesions: inclusive ``(min, max)`` number of lesions per lesioned volume.
+        radius_mm: ``(min, max)`` base lesion radius in millimetres.
+        contrast: lesion target intensity as a multiple of the brain's 99th-percentile intensity.
+
+    Returns:
+        Summary: ``n_train``, ``n_test_good``, ``n_test_lesion`` (counts), ``train``, ``test_good``, ``test_lesion``
+        (sorted file names per split), ``lesion_ml`` (lesion volume in millilitres per lesioned file) and
+        ``brain_masks`` (whether brain masks were written).
+
+    Raises:
+        ValueError: if an argument is out of range, the source has no volumes, a brain mask is missing or does not
+            match its volume, ``n_train`` leaves fewer than 2 test subjects, or ``out_dir`` already holds a subject
+            in another split (a leftover of a run with another seed or ``n_train``).
+    """
+    source, out = Path(source_dir), Path(out_dir)
+    for name, value, minimum in (("n_train", n_train, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+            msg = f"{name}: expected an int >= {minimum}, got {value!r}"
+            raise ValueError(msg)
+    image_dir, mask_dir = source / "train" / "good", source / "brain_mask" / "good"
+    volumes = _volumes(image_dir)
+    if not volumes:
+        msg = f"no NIfTI volumes (*.nii.gz, *.nii) in {image_dir}"
+        raise ValueError(msg)
+    missing = [p.name for p in volumes if not (mask_dir / p.name).is_file()]
+    if missing:
+        msg = f"brain masks missing in {mask_dir} for {len(missing)} volume(s): {', '.join(missing[:5])}"
+        raise ValueError(msg)
+    n_test = len(volumes) - int(n_train)
+    if n_test < 2:
+        msg = (
+            f"n_train={n_train} leaves {max(n_test, 0)} of the {len(volumes)} subjects in {image_dir} for testing; "
+            "at least 2 are needed (one normal, one lesioned)"
+        )
+        raise ValueError(msg)
+
+    names = [p.name for p in volumes]
+    order = [names[i] for i in np.random.default_rng(int(seed)).permutation(len(names))]
+    n_good = n_test // 2
+    splits = {
+        "train": sorted(order[: int(n_train)]),
+        "test_good": sorted(order[int(n_train) : int(n_train) + n_good]),
+        "test_lesion": sorted(order[int(n_train) + n_good :]),
+    }
+    folders = {
+        "train": out / "train" / "good",
+        "test_good": out / "test" / "good",
+        "test_lesion": out / "test" / "lesion",
+    }
+    for split, folder in folders.items():
+        stale = sorted(set(names) & {p.name for p in _volumes(folder)} - set(splits[split]))
+        if stale:
+            msg = (
+                f"{folder} already holds {', '.join(stale[:5])}, which this split puts elsewhere: a subject would be "
+                "in two splits; write to an empty folder"
+            )
+            raise ValueError(msg)
+
+    lesion_ml: dict[str, float] = {}
+    for split in ("train", "test_good"):
+        for name in splits[split]:
+            _copy_atomic(image_dir / name, folders[split] / name)
+            if with_brain_masks:
+                _copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
+    for name in splits["test_lesion"]:
+        image = nib.load(image_dir / name)
+        brain_image = nib.load(mask_dir / name)
+        if brain_image.shape != image.shape or len(image.shape) != 3:
+            msg = f"{mask_dir / name}: shape {brain_image.shape} does not match the 3D volume's {image.shape}"
+            raise ValueError(msg)
+        brain = np.asanyarray(brain_image.dataobj) > 0
+        if not brain.any():
+            msg = f"{mask_dir / name}: the brain mask is empty"
+            raise ValueError(msg)
+        stored = np.asanyarray(image.dataobj.get_unscaled())
+        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+        rng = np.random.default_rng(_subject_seed(int(seed), name))
+        lesioned, mask = implant_lesions(stored, brain, rng, spacing, n_lesions, radius_mm, contrast)
+
+        header = image.header.copy()
+        out_image = type(image)(lesioned, None, header=header)
+        # Keep the source's scaling: with slope and intercept set, nibabel writes the stored values unchanged.
+        out_image.header.set_slope_inter(float(image.dataobj.slope), float(image.dataobj.inter))
+        _write_nifti(out_image, folders["test_lesion"] / name)
+        mask_image = type(image)(mask.astype(np.uint8), None, header=header)
+        mask_image.header.set_data_dtype(np.uint8)
+        mask_image.header.set_slope_inter(1.0, 0.0)
+        mask_image.header["cal_min"], mask_image.header["cal_max"] = 0.0, 1.0
+        _write_nifti(mask_image, out / "ground_truth" / "lesion" / name)
+        if with_brain_masks:
+            _copy_atomic(mask_dir / name, out / "brain_mask" / "lesion" / name)
+        lesion_ml[name] = float(mask.sum() * np.prod(spacing) / 1000.0)
+
+    return {
+        "n_train": len(splits["train"]),
+        "n_test_good": len(splits["test_good"]),
+        "n_test_lesion": len(splits["test_lesion"]),
+        **splits,
+        "lesion_ml": lesion_ml,
+        "brain_masks": bool(with_brain_masks),
+    }
