@@ -23,6 +23,12 @@ Example:
 
         python -m tools.phantoms demo_data/phantoms_2d --n-train 40
         python -m tools.phantoms demo_data/phantoms_3d --dims 3 --size 96 --depth 48 --n-train 10
+
+    With ``--from-volumes`` the command writes real anatomy instead: healthy 3D volumes split by subject into training,
+    normal test and lesioned test volumes, the last with synthetic lesions inside the brain
+    (:func:`tools.anatomy_lesions.write_anatomy_dataset`; raw scans, brain masks only with ``--with-brain-masks``)::
+
+        python -m tools.phantoms demo_data/ixi_t1_lesions --from-volumes ../shared/data/ixi_t1 --n-train 16
 """
 
 from __future__ import annotations
@@ -619,11 +625,28 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m tools.phantoms",
-        description="Write a brain-like phantom dataset with synthetic hyperintense lesions (no download needed).",
+        description="Write a brain-like phantom dataset with synthetic hyperintense lesions (no download needed), or, "
+        "with --from-volumes, a dataset of real healthy volumes with synthetic lesions implanted in the brain of the "
+        "test subjects.",
     )
     parser.add_argument("out_dir", type=Path, help="dataset root to write")
+    parser.add_argument(
+        "--from-volumes",
+        type=Path,
+        metavar="SOURCE",
+        help="use the real 3D volumes of SOURCE/train/good (brain masks in SOURCE/brain_mask/good) instead of "
+        "phantoms: --n-train subjects train, the others are split in half into normal and lesioned test subjects; only "
+        "--n-train, --seed and --with-brain-masks apply",
+    )
+    parser.add_argument(
+        "--with-brain-masks",
+        action="store_true",
+        help="with --from-volumes: also copy the reference brain masks to brain_mask/<class> (default: raw scans only)",
+    )
     parser.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: PNG slices, 3: NIfTI volumes")
-    parser.add_argument("--n-train", type=int, default=40, help="normal training images (default 40)")
+    parser.add_argument(
+        "--n-train", type=int, default=40, help="normal training images (default 40); with --from-volumes: subjects"
+    )
     parser.add_argument("--n-test-good", type=int, default=10, help="normal test images (default 10)")
     parser.add_argument("--n-test-lesion", type=int, default=10, help="abnormal test images (default 10)")
     parser.add_argument("--size", type=int, default=128, help="in-plane size in pixels (default 128)")
@@ -636,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         "--n-mixed-lesion", type=int, default=0, help="lesioned images in the unlabelled train/mixed folder (default 0)"
     )
     args = parser.parse_args(argv)
+    if args.from_volumes is not None:
+        return _main_from_volumes(parser, args)
+    if args.with_brain_masks:
+        parser.error("--with-brain-masks applies only with --from-volumes")
     try:
         out = write_dataset(
             args.out_dir,
@@ -669,6 +696,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Wrote {grid} phantom {kind} (seed {args.seed}) to {out}:")
     for folder, count in counts.items():
         print(f"  {out / folder}: {count} files")
+    return 0
+
+
+def _main_from_volumes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Write the real-anatomy dataset of ``--from-volumes`` and print where its files went."""
+    from tools.anatomy_lesions import write_anatomy_dataset  # imports this module: import it only when needed
+
+    try:
+        summary = write_anatomy_dataset(
+            args.from_volumes, args.out_dir, args.n_train, seed=args.seed, with_brain_masks=args.with_brain_masks
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    counts = {"train/good": summary["n_train"], "test/good": summary["n_test_good"]}
+    counts["test/lesion"] = counts["ground_truth/lesion"] = summary["n_test_lesion"]
+    if args.with_brain_masks:
+        counts["brain_mask/good"] = summary["n_train"] + summary["n_test_good"]
+        counts["brain_mask/lesion"] = summary["n_test_lesion"]
+    print(f"Wrote volumes of {args.from_volumes} with synthetic lesions (seed {args.seed}) to {args.out_dir}:")
+    for folder, count in counts.items():
+        print(f"  {args.out_dir / folder}: {count} files")
+    ml = ", ".join(f"{name} {volume:.1f} ml" for name, volume in summary["lesion_ml"].items())
+    print(f"  lesion volumes: {ml}")
     return 0
 
 

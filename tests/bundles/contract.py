@@ -159,7 +159,7 @@ def check_nifti_inference_skips_bad_files(
     (inputs / "brain_mask" / lesion_volume.name).write_bytes(brain_mask.read_bytes())
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), inputs / "four_d.nii.gz")
-    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    before = {p.name: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
     out = tmp_path / "out"
     run_bundle(
         bundle,
@@ -196,7 +196,7 @@ def check_nifti_inference_skips_bad_files(
     assert "cannot be read" in failed["corrupt.nii.gz"]
     assert "expected a 2D image or a 3D volume" in failed["four_d.nii.gz"]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
-    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before, "inputs were modified"
+    assert {p.name: p.read_bytes() for p in inputs.iterdir() if p.is_file()} == before, "inputs were modified"
     return rows
 
 
