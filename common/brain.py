@@ -196,7 +196,8 @@ class ExtractBrainMaskd(MapTransform):
 
     Args:
         keys: the image keys, channel-first ``(1, X, Y, Z)`` (``MetaTensor`` with its affine; a plain array is taken
-            to have 1 mm voxels). ``(1, X, Y)`` 2D images are left without a mask (one warning per run).
+            to have 1 mm voxels). ``(1, X, Y)`` 2D images and one-slice volumes are left without a mask (one warning
+            per run).
         method: ``"deepbet"``, ``"none"`` (the transform does nothing) or ``"module:function"``.
         mask_key: where the mask goes (float 0/1, the image's meta); with several keys, ``<mask_key>_<key>``. A mask
             already under that key (read from ``brain_mask/``) takes precedence and is not recomputed.
@@ -232,12 +233,12 @@ class ExtractBrainMaskd(MapTransform):
             meta = getattr(image, "meta", None) or {}
             source = str(meta.get("filename_or_obj", key))
             array = torch.as_tensor(image)
+            if self.method == "none":
+                continue
+            if array.ndim == 3 or (array.ndim == 4 and min(array.shape[1:]) == 1):  # a 2D image or a one-slice file
+                _warn_2d_once(source)
+                continue
             if array.ndim != 4 or array.shape[0] != 1:
-                if self.method != "none" and array.ndim == 3:
-                    _warn_2d_once(source)
-                    continue
-                if self.method == "none":
-                    continue
                 msg = f"{source}: expected a (1, X, Y, Z) volume for brain extraction, got {tuple(array.shape)}"
                 raise ValueError(msg)
             extractor = get_extractor(self.method)
