@@ -2,7 +2,7 @@
 
 The network, the scorer and the slice settings are built from the bundle's own ``configs/inference.json`` (with
 ``--override key=value`` applied), so the numbers always describe the configuration the bundle ships. The report has
-five parts:
+six parts:
 
 1. model-alone inference throughput (slices/s) at the network input size: inputs already on the device,
    ``torch.inference_mode()``, and on CUDA bf16 autocast (when the config's ``amp`` is on) and ``channels_last``;
@@ -10,12 +10,19 @@ five parts:
 2. peak memory of the timed sections: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the peak resident set
    size (``ru_maxrss``, whose high-water mark is reset before each section where Linux allows it) and its increase
    over the resident size at the start of the section;
-3. end-to-end time for one synthetic float32 NIfTI volume (default 240 x 240 x 155, the BraTS grid): read and
-   normalise (:func:`common.volumes.load_record`), maps and scores (:func:`common.inference.predict_volume`), write
-   (:func:`common.volumes.write_map`), the same calls the bundle's batch inference makes;
-4. trainable and total parameter counts and the FLOPs of one slice at the network input size, counted by
+3. brain extraction: the seconds per volume of :class:`common.brain.ExtractBrainMaskd` with the bundle's
+   ``brain_extraction`` setting (``--brain-extraction`` to change it) on the benchmark volume, timed after one warm-up
+   call that loads the networks (deepbet runs on CUDA when it is available, whatever ``--device`` says). A volume the
+   extractor rejects as implausible (a synthetic one may be) is reported as not measured, with the reason;
+4. end-to-end time for one float32 NIfTI volume, a real one (``--volume``) or a synthetic one (default
+   240 x 240 x 155, the BraTS grid): read, extract the brain, strip and normalise
+   (:func:`common.volumes.load_record`), maps and scores (:func:`common.inference.predict_volume`), write
+   (:func:`common.volumes.write_map`), the same calls the bundle's batch inference makes. The brain extraction of
+   part 3 is included (in "read + normalise") when it was measured; when the extractor rejected the volume, the volume
+   runs without extraction;
+5. trainable and total parameter counts and the FLOPs of one slice at the network input size, counted by
    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; one multiply-add = 2 FLOPs);
-5. the device and the software versions.
+6. the device and the software versions.
 
 Without ``--checkpoint`` the weights are random: the timings do not depend on them. Speed is measured here, never
 asserted in tests.
@@ -25,11 +32,13 @@ Example:
 
         python -m tools.benchmark ms_nf --output bench_ms_nf.json
         python -m tools.benchmark ms_nf --batch-size 32 --override n_blocks=8 --override hidden_channels=64
+        python -m tools.benchmark ms_nf --image-size 128 --volume scans/sub-01_T1w.nii.gz
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -54,7 +63,8 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.data import ImageRecord
+from common.brain import BrainExtractionError, ExtractBrainMaskd, check_brain_extraction, get_extractor, voxel_volume_ml
+from common.data import ImageRecord, is_nifti, load_image
 from common.inference import predict_volume
 from common.io import atomic_output
 from common.scoring import volume_score
@@ -363,6 +373,82 @@ def _synthetic_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     return (inside * (0.6 + 0.1 * texture) + 0.02 * rng.random(shape)).astype(np.float32)
 
 
+def _volume_file_shape(path: Path) -> tuple[int, int, int]:
+    """The ``(X, Y, Z)`` shape of a 3D NIfTI volume (trailing singleton axes dropped), from its header."""
+    if not path.is_file():
+        msg = f"{path}: --volume not found"
+        raise FileNotFoundError(msg)
+    if not is_nifti(path):
+        msg = f"{path}: --volume must be a 3D NIfTI volume (.nii or .nii.gz)"
+        raise ValueError(msg)
+    try:
+        shape = tuple(int(s) for s in nib.load(str(path)).shape)
+    except Exception as error:  # nibabel raises several exception types for damaged files
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        msg = f"{path}: cannot be read as NIfTI ({reason[:200]})"
+        raise ValueError(msg) from error
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3 or min(shape) < 2:
+        msg = f"{path}: --volume must be a 3D volume, got shape {shape}"
+        raise ValueError(msg)
+    return shape[0], shape[1], shape[2]
+
+
+def _time_brain_extraction(source: Path, slice_settings: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Seconds per volume of :class:`common.brain.ExtractBrainMaskd` on ``source``, after one warm-up call.
+
+    Returns:
+        ``(result, memory)``: ``result`` has ``method``, ``measured``, ``s_per_volume`` (``None`` when not measured),
+        ``first_call_s`` (the warm-up call, which loads the networks), ``brain_volume_ml``, ``device`` and ``reason``
+        (why it was not measured); ``memory`` is the peak memory of the timed call, or ``None``.
+    """
+    method = str(getattr(slice_settings, "brain_extraction", "none"))
+    foreground = str(getattr(slice_settings, "foreground", "auto"))
+    result: dict[str, Any] = {
+        "method": method,
+        "measured": False,
+        "s_per_volume": None,
+        "first_call_s": None,
+        "brain_volume_ml": None,
+        "device": None,
+        "reason": None,
+    }
+    if method == "none":
+        result["reason"] = "brain_extraction is 'none': the bundle does not extract brains"
+        return result, None
+    if foreground != "auto":
+        result["reason"] = f"foreground is {foreground!r}: brain extraction runs in the 'auto' foreground mode only"
+        return result, None
+    extractor = get_extractor(method)
+    use_gpu = bool(getattr(extractor, "use_gpu", False))
+    extraction_device = torch.device("cuda" if use_gpu else "cpu")
+    result["device"] = str(extraction_device)
+    transform = ExtractBrainMaskd(keys="image", method=method)
+    image = load_image(source)[None]
+    try:
+        start = time.perf_counter()
+        transform({"image": image})
+        result["first_call_s"] = time.perf_counter() - start
+        with _PeakMemory(extraction_device) as memory:
+            start = time.perf_counter()
+            out = transform({"image": image})
+            seconds = time.perf_counter() - start
+    except BrainExtractionError as error:
+        result["reason"] = str(error)
+        return result, None
+    if out.get("brain_mask") is None:  # not reached for 3D volumes; kept for extractors that return nothing
+        result["reason"] = "the extractor returned no brain mask"
+        return result, None
+    mask = np.asarray(out["brain_mask"][0]) > 0
+    result.update(
+        measured=True,
+        s_per_volume=seconds,
+        brain_volume_ml=float(mask.sum()) * voxel_volume_ml(getattr(image, "affine", np.eye(4))),
+    )
+    return result, memory.result
+
+
 def _time_volume(
     network: nn.Module,
     parser: ConfigParser,
@@ -373,15 +459,28 @@ def _time_volume(
     amp: bool,
     volume_shape: tuple[int, int, int],
     seed: int,
-) -> dict[str, Any]:
-    """Read → normalise → maps → write for one synthetic volume, with the calls of the bundle's batch inference."""
+    volume: Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Brain extraction alone, then read → extract → normalise → maps → write for one volume (real or synthetic).
+
+    Returns:
+        ``(end_to_end, brain_extraction, brain_extraction_memory)``; ``end_to_end`` holds its own ``memory``.
+    """
     volume_method = _config_value(parser, "evaluator#volume_method", "max")
     write_masks = bool(_config_value(parser, "evaluator#write_masks", False))
     calibration = getattr(network, "calibration", None)
     calibrated = calibration is not None and bool(calibration.calibrated)
     with tempfile.TemporaryDirectory(prefix="uad-benchmark-") as tmp:
-        source = Path(tmp) / "volume.nii.gz"
-        nib.save(nib.Nifti1Image(_synthetic_volume(volume_shape, seed), volume_affine(volume_shape)), str(source))
+        if volume is None:
+            source = Path(tmp) / "volume.nii.gz"
+            nib.save(nib.Nifti1Image(_synthetic_volume(volume_shape, seed), volume_affine(volume_shape)), str(source))
+        else:
+            source = volume
+        extraction, extraction_memory = _time_brain_extraction(source, slice_settings)
+        extraction["included_in_end_to_end"] = bool(extraction["measured"])
+        if not extraction["measured"] and extraction["method"] != "none" and dataclasses.is_dataclass(slice_settings):
+            # the extractor rejected this volume: time the rest of the pipeline without it
+            slice_settings = dataclasses.replace(slice_settings, brain_extraction="none")
         out_dir = Path(tmp) / "out"
         with _PeakMemory(device) as memory:
             start = time.perf_counter()
@@ -397,11 +496,15 @@ def _time_volume(
                 write_map(mask, source, out_dir / "volume_mask.nii.gz")
             end = time.perf_counter()
     total = end - start
-    return {
+    if volume is not None:
+        volume_source = str(volume)
+    elif all(s >= m for s, m in zip(volume_shape, _PHANTOM_MIN_SHAPE, strict=True)):
+        volume_source = "tools.phantoms.make_volume"
+    else:
+        volume_source = "smoothed-noise ellipsoid"
+    end_to_end = {
         "volume_shape": list(volume_shape),
-        "volume_source": "tools.phantoms.make_volume"
-        if all(s >= m for s, m in zip(volume_shape, _PHANTOM_MIN_SHAPE, strict=True))
-        else "smoothed-noise ellipsoid",
+        "volume_source": volume_source,
         "n_slices": int(loaded.n_slices),
         "n_scored_slices": len(selected),
         "read_normalise_s": read - start,
@@ -410,8 +513,13 @@ def _time_volume(
         "total_s": total,
         "slices_per_s": loaded.n_slices / total if total > 0 else float("inf"),
         "masks_written": write_masks and calibrated,
+        "brain_extraction": extraction["method"],
+        "brain_extraction_s_per_volume": extraction["s_per_volume"],
+        "brain_extraction_in_total": extraction["included_in_end_to_end"],
+        "foreground_source": loaded.foreground_source,
         "memory": memory.result,
     }
+    return end_to_end, extraction, extraction_memory
 
 
 def _cpu_name() -> str:
@@ -470,6 +578,8 @@ def run_benchmark(
     checkpoint: str | Path | None = None,
     warmup: int = 2,
     seed: int = 0,
+    volume: str | Path | None = None,
+    brain_extraction: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark a bundle's network on one device; see the module docstring for what is measured.
 
@@ -478,20 +588,28 @@ def run_benchmark(
         image_size: network input size, one int (square) or ``(H, W)``; ``None`` keeps the config's ``image_size``.
         batch_size: slices per forward pass, for the throughput and for the volume.
         iterations: timed forward passes.
-        volume_shape: ``(X, Y, Z)`` of the synthetic NIfTI volume (sliced along the config's slice axis).
+        volume_shape: ``(X, Y, Z)`` of the synthetic NIfTI volume (sliced along the config's slice axis); ignored
+            with ``volume``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None``: CUDA if available, else the CPU.
         overrides: ``inference.json`` ids and values (``{"n_blocks": 8}``), applied before ``image_size``.
         checkpoint: ``model.pt`` to load (:func:`common.training.load_checkpoint`); ``None``: random weights.
         warmup: untimed forward passes before the timed ones.
         seed: seed of the random inputs and of the synthetic volume.
+        volume: a real 3D NIfTI volume for the brain extraction and the end-to-end time, instead of a synthetic one.
+        brain_extraction: ``"deepbet"``, ``"none"`` or ``"module:function"`` in place of the bundle's
+            ``slice_settings.brain_extraction``; ``None`` keeps the bundle's.
 
     Returns:
         A JSON-serialisable dict with ``bundle``, ``settings``, ``environment``, ``model`` (parameters, FLOPs),
-        ``throughput``, ``memory`` and ``end_to_end``.
+        ``throughput``, ``memory`` (``model``, ``end_to_end`` and ``brain_extraction``, ``None`` when not measured),
+        ``brain_extraction`` (``method``, ``measured``, ``s_per_volume``, ``first_call_s``, ``brain_volume_ml``,
+        ``device``, ``included_in_end_to_end``, ``reason``) and ``end_to_end`` (with ``brain_extraction`` and
+        ``brain_extraction_s_per_volume``).
 
     Raises:
-        ValueError: for an unknown bundle, a bad override, non-positive sizes or counts, or an unusable device.
-        FileNotFoundError: when ``checkpoint`` does not exist.
+        ValueError: for an unknown bundle, a bad override, non-positive sizes or counts, an unusable device, an
+            unknown ``brain_extraction`` or a ``volume`` that is not a 3D NIfTI volume.
+        FileNotFoundError: when ``checkpoint`` or ``volume`` does not exist.
     """
     batch_size = _positive_int("batch_size", batch_size)
     iterations = _positive_int("iterations", iterations)
@@ -507,9 +625,21 @@ def run_benchmark(
     if checkpoint is not None and not Path(checkpoint).is_file():
         msg = f"{checkpoint}: checkpoint not found"
         raise FileNotFoundError(msg)
+    if volume is not None:
+        volume = Path(volume)
+        volume_shape = _volume_file_shape(volume)
+    if brain_extraction is not None:
+        check_brain_extraction(brain_extraction)
 
     logger.info("building %s from configs/inference.json (overrides %s)", bundle, overrides or "none")
     parser, network, scorer, slice_settings = build_components(bundle, overrides)
+    if brain_extraction is not None:
+        if not dataclasses.is_dataclass(slice_settings) or not hasattr(slice_settings, "brain_extraction"):
+            msg = f"--brain-extraction: {bundle}'s slice_settings have no brain_extraction setting"
+            raise ValueError(msg)
+        slice_settings = dataclasses.replace(slice_settings, brain_extraction=brain_extraction)
+    extraction_method = str(getattr(slice_settings, "brain_extraction", "none"))
+    get_extractor(extraction_method)  # an unimportable "module:function" fails here, before any timing
     if checkpoint is not None:
         load_checkpoint(network, checkpoint)
         weights = f"checkpoint {checkpoint}"
@@ -545,10 +675,14 @@ def run_benchmark(
         network.to(memory_format=torch.contiguous_format)
     total = sum(times)
 
-    logger.info("timing one %s volume end to end", "x".join(map(str, volume_shape)))
-    end_to_end = _time_volume(
-        network, parser, scorer, slice_settings, torch_device, batch_size, amp, volume_shape, seed
+    logger.info(
+        "timing brain extraction (%s) and one %s volume end to end", extraction_method, "x".join(map(str, volume_shape))
     )
+    end_to_end, extraction, extraction_memory = _time_volume(
+        network, parser, scorer, slice_settings, torch_device, batch_size, amp, volume_shape, seed, volume
+    )
+    if not extraction["measured"]:
+        logger.info("brain extraction not measured: %s", extraction["reason"])
 
     return {
         "bundle": bundle,
@@ -561,7 +695,9 @@ def run_benchmark(
             "warmup": warmup,
             "iterations": iterations,
             "volume_shape": list(volume_shape),
+            "volume": None if volume is None else str(volume),
             "slice_axis": int(getattr(slice_settings, "axis", 2)),
+            "brain_extraction": extraction_method,
             "weights": weights,
             "seed": seed,
         },
@@ -584,7 +720,12 @@ def run_benchmark(
             "channels_last": cuda,
             "inference_mode": True,
         },
-        "memory": {"model": model_memory, "end_to_end": end_to_end.pop("memory")},
+        "memory": {
+            "model": model_memory,
+            "end_to_end": end_to_end.pop("memory"),
+            "brain_extraction": extraction_memory,
+        },
+        "brain_extraction": extraction,
         "end_to_end": end_to_end,
     }
 
@@ -608,10 +749,21 @@ def _memory_line(memory: Mapping[str, Any]) -> str:
     return f"peak {_mib(memory['peak_mib'])}, +{_mib(memory['increase_mib'])} over the start ({memory['measure']})"
 
 
+def _extraction_line(extraction: Mapping[str, Any]) -> str:
+    if not extraction["measured"]:
+        return f"not measured ({extraction['method']}): {extraction['reason']}"
+    return (
+        f"{extraction['s_per_volume']:.2f} s / volume ({extraction['method']} on {extraction['device']}, after a "
+        f"{extraction['first_call_s']:.2f} s warm-up call; {extraction['brain_volume_ml']:,.0f} ml of brain; "
+        + ("included in read + normalise)" if extraction["included_in_end_to_end"] else "not in the end-to-end time)")
+    )
+
+
 def format_table(results: Mapping[str, Any]) -> str:
     """The human-readable report of :func:`run_benchmark`'s results, one measurement per row."""
     s, env, model = results["settings"], results["environment"], results["model"]
     thr, e2e = results["throughput"], results["end_to_end"]
+    extraction = results["brain_extraction"]
     size = "x".join(map(str, s["image_size"]))
     precision = ("bf16 autocast" if thr["bf16_autocast"] else "fp32") + (
         ", channels_last" if thr["channels_last"] else ""
@@ -643,12 +795,19 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"{'x'.join(map(str, e2e['volume_shape']))} float32 NIfTI ({e2e['volume_source']}), "
             f"{e2e['n_slices']} slices along axis {s['slice_axis']}",
         ),
-        ("read + normalise", f"{e2e['read_normalise_s']:.2f} s"),
+        ("brain extraction", _extraction_line(extraction)),
+        (
+            "read + normalise",
+            f"{e2e['read_normalise_s']:.2f} s"
+            + (f" (with {extraction['method']} brain extraction)" if e2e["brain_extraction_in_total"] else ""),
+        ),
         ("maps + scores", f"{e2e['maps_s']:.2f} s"),
         ("write", f"{e2e['write_s']:.2f} s"),
         ("end to end", f"{e2e['total_s']:.2f} s ({e2e['slices_per_s']:.2f} slices/s)"),
         ("memory (volume)", _memory_line(results["memory"]["end_to_end"])),
     ]
+    if results["memory"].get("brain_extraction"):
+        rows.append(("memory (extraction)", _memory_line(results["memory"]["brain_extraction"])))
     width = max(len(name) for name, _ in rows)
     title = f"Benchmark: {results['bundle']} on {env['device']}"
     rule = "-" * max(len(title), max(width + 2 + len(value) for _, value in rows))
@@ -678,7 +837,18 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs=3,
         default=list(DEFAULT_VOLUME_SHAPE),
         metavar=("X", "Y", "Z"),
-        help="synthetic NIfTI volume shape (default 240 240 155)",
+        help="synthetic NIfTI volume shape (default 240 240 155; ignored with --volume)",
+    )
+    parser.add_argument(
+        "--volume",
+        type=Path,
+        metavar="PATH",
+        help="a real 3D NIfTI volume for the brain extraction and the end-to-end time (default: a synthetic one)",
+    )
+    parser.add_argument(
+        "--brain-extraction",
+        metavar="METHOD",
+        help="deepbet, none or module:function in place of the bundle's slice_settings brain_extraction",
     )
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -726,6 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             warmup=args.warmup,
             seed=args.seed,
+            volume=args.volume,
+            brain_extraction=args.brain_extraction,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -13,7 +13,16 @@ from torch import nn
 
 from common.data import ImageRecord, load_image
 from common.foreground import compute_foreground
-from common.volumes import SliceSettings, SliceWiseInferer, load_record, load_slices, select_slices, write_map
+from common.volumes import (
+    LoadedImage,
+    SliceSettings,
+    SliceWiseInferer,
+    load_record,
+    load_slices,
+    select_slices,
+    slice_indices,
+    write_map,
+)
 
 SHAPE = (20, 16, 9)
 
@@ -528,4 +537,189 @@ def test_slice_settings_as_dict_round_trip() -> None:
     settings = SliceSettings(axis=1, slice_range=(2, 7), min_foreground=0.1, intensity={"mode": "range"})
     as_dict = settings.as_dict()
     assert as_dict["slice_range"] == [2, 7] and as_dict["intensity"]["mode"] == "range"
+    assert SliceSettings(**as_dict).as_dict() == as_dict
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# brain extraction in load_record (a stand-in extractor: "tests.common.test_volumes:box_brain")
+
+BRAIN_BOX = (slice(4, 16), slice(4, 12), slice(2, 7))  # 12 x 8 x 5 = 480 voxels of 1 ml: a plausible brain
+BOX_CALLS: list[tuple[int, ...]] = []
+BOX_BRAIN = "tests.common.test_volumes:box_brain"
+
+
+def box_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Stand-in extractor: the brain is a fixed box, whatever the intensities."""
+    BOX_CALLS.append(volume.shape)
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[BRAIN_BOX] = True
+    return mask
+
+
+def _head_volume() -> np.ndarray:
+    """A brain (100..200) in the box, a bright skull and scalp (up to 1000) around it, on 10 mm voxels."""
+    rng = np.random.default_rng(21)
+    volume = rng.uniform(0.0, 1000.0, SHAPE).astype(np.float32)
+    volume[BRAIN_BOX] = rng.uniform(100.0, 200.0, volume[BRAIN_BOX].shape)
+    return volume
+
+
+def _box_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[BRAIN_BOX] = True
+    return mask
+
+
+def _expected_brain_normalised(volume: np.ndarray, inside: np.ndarray, lower: float = 0.5, upper: float = 99.5):
+    low, high = np.percentile(volume[inside], [lower, upper])
+    expected = np.clip((volume - low) / (high - low), 0.0, 1.0)
+    expected[~inside] = 0.0
+    return expected
+
+
+def test_load_record_extracts_strips_and_normalises_over_the_brain(tmp_path: Path) -> None:
+    volume = _head_volume()
+    image = _write_volume(tmp_path / "head.nii.gz", volume, np.diag([10.0, 10.0, 10.0, 1.0]))
+    BOX_CALLS.clear()
+    loaded = load_record(ImageRecord(image), SliceSettings(brain_extraction=BOX_BRAIN))
+    assert BOX_CALLS == [SHAPE]
+    assert loaded.foreground_source == "extraction" and loaded.is_brain_mask
+    np.testing.assert_array_equal(loaded.foreground, _box_mask())
+    assert (loaded.image[~_box_mask()] == 0.0).all()  # the skull and scalp are gone
+    # the brain's own percentiles: its intensities span [0, 1] although the skull is five times brighter
+    np.testing.assert_allclose(loaded.image, _expected_brain_normalised(volume, _box_mask()), atol=1e-5)
+    assert loaded.image[_box_mask()].min() == 0.0 and loaded.image[_box_mask()].max() == pytest.approx(1.0)
+
+    # without extraction: the whole head is normalised and nothing is stripped
+    plain = load_record(ImageRecord(image), SliceSettings(brain_extraction="none"))
+    assert plain.foreground_source == "computed" and not plain.is_brain_mask
+    np.testing.assert_array_equal(plain.foreground, compute_foreground(plain.image))
+    assert (plain.image[~_box_mask()] > 0).mean() > 0.9
+    assert plain.image[_box_mask()].max() < 0.25  # the brain is dark next to the skull
+
+
+def test_load_record_brain_mask_file_wins_over_extraction(tmp_path: Path) -> None:
+    volume = _head_volume()
+    affine = np.diag([10.0, 10.0, 10.0, 1.0])
+    image = _write_volume(tmp_path / "head.nii.gz", volume, affine)
+    given = np.zeros(SHAPE, np.uint8)
+    given[2:18, 2:14, 1:8] = 1
+    foreground = _write_volume(tmp_path / "brain_mask" / "good" / "head.nii.gz", given, affine)
+    BOX_CALLS.clear()
+    loaded = load_record(ImageRecord(image, foreground=foreground), SliceSettings(brain_extraction=BOX_BRAIN))
+    assert BOX_CALLS == []  # never recomputed
+    assert loaded.foreground_source == "file"
+    np.testing.assert_array_equal(loaded.foreground, given > 0)
+    np.testing.assert_allclose(loaded.image, _expected_brain_normalised(volume, given > 0), atol=1e-5)
+
+
+EXTRACTION_MODE_CASES = [
+    # "file" uses mask files alone: no file, no extraction, no foreground
+    ("file", BOX_BRAIN, "none"),
+    # a computed foreground never extracts
+    ("compute", BOX_BRAIN, "computed"),
+    # extraction off in the auto mode: computed
+    ("auto", "none", "computed"),
+    # no foreground at all
+    ("none", BOX_BRAIN, "none"),
+]
+EXTRACTION_MODE_IDS = ["file-without-file", "compute", "auto-extraction-off", "none"]
+
+
+@pytest.mark.parametrize(("mode", "method", "source"), EXTRACTION_MODE_CASES, ids=EXTRACTION_MODE_IDS)
+def test_load_record_extracts_only_in_the_auto_mode(tmp_path: Path, mode: str, method: str, source: str) -> None:
+    image = _write_volume(tmp_path / "head.nii.gz", _head_volume(), np.diag([10.0, 10.0, 10.0, 1.0]))
+    BOX_CALLS.clear()
+    loaded = load_record(ImageRecord(image), SliceSettings(foreground=mode, brain_extraction=method))
+    assert BOX_CALLS == [] and loaded.foreground_source == source and not loaded.is_brain_mask
+    assert (loaded.image[~_box_mask()] > 0).any()  # not stripped
+
+
+def test_load_record_implausible_extraction_names_the_file(tmp_path: Path) -> None:
+    # 2.4 mm^3 voxels: the 480-voxel box is about 1 ml of brain
+    image = _write_volume(tmp_path / "head.nii.gz", _head_volume())
+    with pytest.raises(ValueError) as info:
+        load_record(ImageRecord(image), SliceSettings(brain_extraction=BOX_BRAIN))
+    assert str(info.value).startswith(f"{image}: brain extraction found 1 ml of brain")
+    assert len(str(info.value).splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# min_brain_fraction
+
+BRAIN_AREAS = (0, 10, 50, 100, 40)  # foreground voxels of each axial slice
+
+
+def _foreground_with_areas(areas: tuple[int, ...] = BRAIN_AREAS) -> np.ndarray:
+    foreground = np.zeros((10, 10, len(areas)), dtype=bool)
+    for index, area in enumerate(areas):
+        foreground[..., index].flat[:area] = True
+    return foreground
+
+
+MIN_BRAIN_CASES = [
+    # slices with at least 25 voxels (a quarter of the largest, 100)
+    ({"min_brain_fraction": 0.25}, [2, 3, 4]),
+    # 0 keeps everything
+    ({"min_brain_fraction": 0.0}, [0, 1, 2, 3, 4]),
+    # just above the 10-voxel slice
+    ({"min_brain_fraction": 0.11}, [2, 3, 4]),
+    # exactly 10%: the 10-voxel slice is kept
+    ({"min_brain_fraction": 0.1}, [1, 2, 3, 4]),
+    # the largest slice only
+    ({"min_brain_fraction": 0.99}, [3]),
+    # the range first: the largest slice is still that of the whole volume
+    ({"slice_range": (0, 3), "min_brain_fraction": 0.25}, [2]),
+    # min_foreground (share of the 100-voxel slice) and then min_brain_fraction
+    ({"min_foreground": 0.45, "min_brain_fraction": 0.25}, [2, 3]),
+]
+MIN_BRAIN_IDS = ["quarter", "zero", "0.11", "0.1-inclusive", "largest-only", "with-range", "with-min-foreground"]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), MIN_BRAIN_CASES, ids=MIN_BRAIN_IDS)
+def test_slice_indices_min_brain_fraction(kwargs: dict, expected: list[int]) -> None:
+    assert slice_indices(_foreground_with_areas(), 2, SliceSettings(**kwargs)) == expected
+
+
+def test_slice_indices_min_brain_fraction_follows_the_axis_and_empty_volumes() -> None:
+    foreground = np.moveaxis(_foreground_with_areas(), 2, 0)
+    assert slice_indices(foreground, 0, SliceSettings(axis=0, min_brain_fraction=0.25)) == [2, 3, 4]
+    empty = np.zeros((10, 10, 5), dtype=bool)
+    assert slice_indices(empty, 2, SliceSettings(min_brain_fraction=0.25)) == []
+
+
+def test_select_slices_min_brain_fraction(tmp_path: Path) -> None:
+    foreground = _foreground_with_areas()
+    loaded = LoadedImage(
+        ImageRecord(tmp_path / "v.nii.gz"), foreground.astype(np.float32), foreground, None, True, 2, "extraction"
+    )
+    assert select_slices(loaded, SliceSettings(min_brain_fraction=0.25)) == [2, 3, 4]
+    flat = LoadedImage(ImageRecord(tmp_path / "s.png"), foreground[..., :1], foreground[..., :1], None, False, 2)
+    assert select_slices(flat, SliceSettings(min_brain_fraction=0.99)) == [0]
+
+
+BAD_BRAIN_SETTINGS_CASES = [
+    # a fraction of 1 would keep the largest slice alone, at best
+    ({"min_brain_fraction": 1.0}, "min_brain_fraction"),
+    # negative fraction
+    ({"min_brain_fraction": -0.1}, "min_brain_fraction"),
+    # an unknown extractor name
+    ({"brain_extraction": "bet"}, "brain_extraction"),
+    # an empty name
+    ({"brain_extraction": ""}, "brain_extraction"),
+]
+BAD_BRAIN_SETTINGS_IDS = ["fraction-1", "fraction-negative", "extraction-unknown", "extraction-empty"]
+
+
+@pytest.mark.parametrize(("kwargs", "name"), BAD_BRAIN_SETTINGS_CASES, ids=BAD_BRAIN_SETTINGS_IDS)
+def test_slice_settings_brain_validation(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        SliceSettings(**kwargs)
+
+
+def test_slice_settings_as_dict_holds_the_brain_settings() -> None:
+    assert SliceSettings().as_dict()["brain_extraction"] == "deepbet"
+    settings = SliceSettings(brain_extraction=BOX_BRAIN, min_brain_fraction=0.3)
+    as_dict = settings.as_dict()
+    assert as_dict["brain_extraction"] == BOX_BRAIN and as_dict["min_brain_fraction"] == 0.3
     assert SliceSettings(**as_dict).as_dict() == as_dict

@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,16 @@ BUNDLE = "ms_nf"
 TINY = {"n_blocks": 1, "hidden_channels": 8}
 TINY_ARGS = ["--override", "n_blocks=1", "--override", "hidden_channels=8", "--image-size", "64"]
 TINY_RUN = ["--volume-shape", "40", "40", "6", "--iterations", "1", "--warmup", "1", "--batch-size", "2"]
+NO_EXTRACTION = ["--brain-extraction", "none"]  # no test runs deepbet
+STAND_IN = "tests.tools.test_benchmark:bright_brain"
+STAND_IN_CALLS: list[tuple[int, ...]] = []
+
+
+def bright_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Stand-in brain extractor: the bright half of the intensity range."""
+    STAND_IN_CALLS.append(volume.shape)
+    return volume > 0.5 * float(volume.max())
+
 
 OVERRIDE_CASES = [
     (["n_blocks=4"], {"n_blocks": 4}),  # JSON int
@@ -43,13 +55,17 @@ BAD_ARGS_CASES = [
     ([BUNDLE, "--device", "nowhere"], "--device"),  # not a device
     ([BUNDLE, "--checkpoint", "/no/such/model.pt"], "model.pt"),  # missing checkpoint
     ([BUNDLE, "--override", 'n_blocks="many"'], "n_blocks"),  # the network rejects the value
+    ([BUNDLE, "--brain-extraction", "bet"], "brain_extraction must be one of"),  # unknown extractor name
+    ([BUNDLE, "--brain-extraction", "no_such_module_uad:fn"], "cannot be imported"),  # unimportable extractor
+    ([BUNDLE, "--volume", "/no/such/volume.nii.gz"], "volume.nii.gz: --volume not found"),  # missing volume
+    ([BUNDLE, "--volume", __file__], "3D NIfTI"),  # not a NIfTI file
 ]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench") / "sub" / "results.json"
-    assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, "--device", "cpu", "--output", str(out)]) == 0
+    assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, *NO_EXTRACTION, "--device", "cpu", "--output", str(out)]) == 0
     return json.loads(out.read_text()), out
 
 
@@ -69,6 +85,7 @@ def test_run_benchmark_tiny() -> None:
         volume_shape=(40, 40, 6),
         device="cpu",
         overrides=TINY,
+        brain_extraction="none",
     )
     json.dumps(res, allow_nan=False)  # JSON-serialisable, no NaN
     assert sys.modules.get("scripts") is scripts_before  # the bundle's `scripts` package does not leak
@@ -86,6 +103,10 @@ def test_run_benchmark_tiny() -> None:
     assert res["settings"]["image_size"] == [64, 64] and res["settings"]["overrides"] == TINY
     assert "random" in res["settings"]["weights"]
     assert res["environment"]["device"] == "cpu" and res["environment"]["torch"]
+    extraction = res["brain_extraction"]
+    assert extraction["method"] == "none" and not extraction["measured"] and extraction["s_per_volume"] is None
+    assert "'none'" in extraction["reason"] and res["memory"]["brain_extraction"] is None
+    assert e2e["brain_extraction_s_per_volume"] is None and not e2e["brain_extraction_in_total"]
 
     # Parameter counts are those of the network the bundle config builds.
     _, network, _, _ = build_components(BUNDLE, {**TINY, "image_size": [64, 64]})
@@ -106,7 +127,7 @@ def test_main_writes_json_and_table(results: tuple[dict, Path]) -> None:
 
 
 def test_main_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, "--device", "cpu", "--image-size", "48", "64"]) == 0
+    assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, *NO_EXTRACTION, "--device", "cpu", "--image-size", "48", "64"]) == 0
     printed = capsys.readouterr().out
     assert "slices/s" in printed and "48x64" in printed
 
@@ -143,7 +164,68 @@ def test_run_benchmark_with_checkpoint(tmp_path: Path) -> None:
         device="cpu",
         overrides=TINY,
         checkpoint=checkpoint,
+        brain_extraction="none",
     )
     assert res["settings"]["weights"] == f"checkpoint {checkpoint}"
     assert res["end_to_end"]["masks_written"]  # calibrated thresholds: the mask is written as in the bundle
     assert res["end_to_end"]["volume_source"] == "tools.phantoms.make_volume"
+
+
+def _head_file(path: Path) -> Path:
+    """A 40 x 40 x 6 volume of 10 mm voxels with a bright ellipsoid: a plausible brain for :func:`bright_brain`."""
+    grids = np.meshgrid(*(np.linspace(-1.0, 1.0, n) for n in (40, 40, 6)), indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.7
+    volume = (100.0 * inside + 10.0 * np.random.default_rng(0).random((40, 40, 6))).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.diag([10.0, 10.0, 10.0, 1.0])), str(path))
+    return path
+
+
+def test_brain_extraction_seconds_per_volume_with_a_stand_in(tmp_path: Path) -> None:
+    volume = _head_file(tmp_path / "head.nii.gz")
+    out = tmp_path / "results.json"
+    expected_ml = float(np.count_nonzero(bright_brain(np.asarray(nib.load(str(volume)).dataobj), np.eye(4))))
+    STAND_IN_CALLS.clear()
+    argv = [BUNDLE, *TINY_ARGS, "--iterations", "1", "--warmup", "0", "--batch-size", "2", "--device", "cpu"]
+    assert main([*argv, "--volume", str(volume), "--brain-extraction", STAND_IN, "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    extraction, e2e = res["brain_extraction"], res["end_to_end"]
+    assert extraction["method"] == STAND_IN and extraction["measured"] and extraction["reason"] is None
+    assert math.isfinite(extraction["s_per_volume"]) and extraction["s_per_volume"] > 0
+    assert extraction["first_call_s"] > 0 and extraction["device"] == "cpu"
+    assert extraction["brain_volume_ml"] == pytest.approx(expected_ml)  # 1 ml voxels
+    assert extraction["included_in_end_to_end"] and e2e["brain_extraction_in_total"]
+    assert e2e["brain_extraction_s_per_volume"] == extraction["s_per_volume"]
+    assert e2e["brain_extraction"] == STAND_IN and e2e["foreground_source"] == "extraction"
+    assert STAND_IN_CALLS == [(40, 40, 6)] * 3  # warm-up, timed, and inside the end-to-end read
+    assert res["memory"]["brain_extraction"]["peak_mib"] > 0
+    assert res["settings"]["volume"] == str(volume) and res["settings"]["brain_extraction"] == STAND_IN
+    assert res["settings"]["volume_shape"] == [40, 40, 6] and e2e["volume_source"] == str(volume)
+    table = format_table(res)
+    row = next(line for line in table.splitlines() if line.startswith("brain extraction"))
+    assert f"s / volume ({STAND_IN} on cpu" in row and "included in read + normalise" in row
+    assert "memory (extraction)" in table
+
+
+def test_brain_extraction_rejecting_the_synthetic_volume_is_reported_not_raised() -> None:
+    # the synthetic 40 x 40 x 6 phantom of 1.2 x 1.2 x 2 mm voxels holds less than 30 ml: an implausible brain
+    STAND_IN_CALLS.clear()
+    res = run_benchmark(
+        BUNDLE,
+        image_size=64,
+        batch_size=2,
+        iterations=1,
+        warmup=0,
+        volume_shape=(40, 40, 6),
+        device="cpu",
+        overrides=TINY,
+        brain_extraction=STAND_IN,
+    )
+    json.dumps(res, allow_nan=False)
+    extraction, e2e = res["brain_extraction"], res["end_to_end"]
+    assert not extraction["measured"] and extraction["s_per_volume"] is None
+    assert extraction["reason"].endswith("the file is not scored") and "ml of brain" in extraction["reason"]
+    assert not extraction["included_in_end_to_end"] and e2e["foreground_source"] == "computed"
+    assert len(STAND_IN_CALLS) == 1  # the warm-up call only: the end-to-end volume runs without extraction
+    assert e2e["total_s"] > 0 and res["memory"]["brain_extraction"] is None
+    row = next(line for line in format_table(res).splitlines() if line.startswith("brain extraction"))
+    assert f"not measured ({STAND_IN})" in row and "ml of brain" in row
