@@ -380,12 +380,15 @@ class SliceWiseInferer(Inferer):
         return inferer(inputs, network, *args, **kwargs)
 
 
-def write_map(array: np.ndarray, reference: str | Path, out_path: str | Path) -> Path:
-    """Write a float32 map atomically as NIfTI on the grid of ``reference``.
+def write_map(
+    array: np.ndarray, reference: str | Path, out_path: str | Path, dtype: type[np.generic] = np.float32
+) -> Path:
+    """Write a map (float32 by default) or a mask atomically as NIfTI on the grid of ``reference``.
 
-    For a NIfTI reference the output keeps its shape, affine and header (data type set to float32, scaling
-    cleared); for 2D images the map is written with an identity affine in MONAI's array order. The file is written
-    to a temporary name in the output folder and renamed, so no half-written output is ever left.
+    For a NIfTI reference the output keeps its shape, affine and header (data type set to ``dtype``, scaling
+    cleared; an integer mask gets the display range of its values); for 2D images the map is written with an
+    identity affine in MONAI's array order. The file is written to a temporary name in the output folder and renamed,
+    so no half-written output is ever left.
 
     nibabel is used directly (not ``SaveImage``) because the output must be written under a temporary name and
     keep the reference header as it is.
@@ -394,12 +397,13 @@ def write_map(array: np.ndarray, reference: str | Path, out_path: str | Path) ->
         array: the map, with the reference's array shape.
         reference: the input file.
         out_path: the destination ``.nii.gz`` path.
+        dtype: the stored data type (``np.uint8`` for masks).
 
     Raises:
         ValueError: when the map's shape differs from the reference's.
     """
     out_path = Path(out_path)
-    data = np.asarray(array, dtype=np.float32)
+    data = np.asarray(array).astype(dtype)
     if is_nifti(reference):
         ref = nib.load(str(reference))
         ref_shape = tuple(ref.shape)
@@ -409,8 +413,10 @@ def write_map(array: np.ndarray, reference: str | Path, out_path: str | Path) ->
             msg = f"{reference}: map shape {data.shape} does not match the input shape {ref_shape}"
             raise ValueError(msg)
         header = ref.header.copy()
-        header.set_data_dtype(np.float32)
+        header.set_data_dtype(dtype)
         header.set_slope_inter(1.0, 0.0)
+        if np.issubdtype(dtype, np.integer) and "cal_min" in header:
+            header["cal_min"], header["cal_max"] = 0.0, float(max(1, data.max(initial=0)))
         image = ref.__class__(data.reshape(ref.shape), ref.affine, header)
     else:
         image = nib.Nifti1Image(data, np.eye(4))

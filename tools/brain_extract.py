@@ -30,13 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
 from common.brain import ExtractBrainMaskd, check_brain_extraction, get_extractor, voxel_volume_ml
 from common.data import DatasetLayoutError, ImageRecord, discover_dataset, is_nifti, load_image
-from common.io import atomic_output
+from common.volumes import write_map
 from tools.arguments import OneLineArgumentParser, UsageError
 
 __all__ = ["ExtractionSummary", "extract_brain_masks", "main", "mask_path", "write_mask"]
@@ -92,23 +91,7 @@ def write_mask(mask: np.ndarray, reference: str | Path, out_path: str | Path) ->
     Raises:
         ValueError: when the mask's shape differs from the reference's.
     """
-    out_path = Path(out_path)
-    data = np.asarray(mask, dtype=bool).astype(np.uint8)
-    ref = nib.load(str(reference))
-    ref_shape = tuple(ref.shape)
-    while len(ref_shape) > data.ndim and ref_shape[-1] == 1:
-        ref_shape = ref_shape[:-1]
-    if data.shape != ref_shape:
-        msg = f"{reference}: mask shape {data.shape} does not match the image shape {ref_shape}"
-        raise ValueError(msg)
-    header = ref.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0.0, 1.0
-    image = ref.__class__(data.reshape(ref.shape), ref.affine, header)
-    with atomic_output(out_path) as tmp:
-        nib.save(image, str(tmp))
-    return out_path
+    return write_map(np.asarray(mask, dtype=bool), reference, out_path, dtype=np.uint8)
 
 
 def _one_line(error: Exception, path: Path) -> str:

@@ -2,8 +2,11 @@
 
 MONAI Label lives in its own virtual environment (``tools/monailabel_env.sh`` builds ``.venv-monailabel``; set
 ``UAD_MONAILABEL_VENV`` to use another one). The server runs the ``monaibundle`` sample app shipped with MONAI Label,
-fully offline, over a studies folder holding one phantom volume with a lesion; each bundle is trained briefly,
-exported with ``tools.export_bundle`` into the app's ``model/`` folder, and so runs without this repository. Select
+fully offline, over a studies folder holding one raw head T1 volume (``../shared/data/ixi_t1``, skull and neck
+included) with synthetic lesions placed in the brain (``tools.anatomy_lesions``); the bundles extract its brain with
+deepbet inside MONAI Label, as batch inference does. Each bundle is trained briefly on other subjects (with their
+reference brain masks, so training needs no extraction), exported with ``tools.export_bundle`` into the app's
+``model/`` folder, and so runs without this repository. The test is skipped when the shared data is absent. Select
 or skip with ``-m monailabel`` / ``-m "not monailabel"``; in CI (``CI=true``) a missing environment is a failure.
 """
 
@@ -26,13 +29,14 @@ import numpy as np
 import pytest
 
 from tests.bundles import contract
+from tests.bundles.conftest import shared_dataset
 from tests.integration import monailabel_build
 from tests.integration.monailabel_build import VENV
+from tools.anatomy_lesions import write_anatomy_dataset
 from tools.bundles import run_bundle
 from tools.export_bundle import export_bundle
-from tools.phantoms import write_dataset
 
-pytestmark = pytest.mark.monailabel
+pytestmark = [pytest.mark.monailabel, pytest.mark.realdata]
 
 BUILD_TIMEOUT_S = 1500
 START_TIMEOUT_S = 240
@@ -126,24 +130,22 @@ def _stop(server: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """Phantoms (8 normal training volumes, a lesion volume 64x64x16): ``(dataset, lesion volume, its mask)``."""
-    data = write_dataset(
-        tmp_path_factory.mktemp("ml") / "data",
-        dims=3,
-        n_train=8,
-        n_test_good=0,
-        n_test_lesion=1,
-        size=64,
-        depth=16,
-        seed=1,
-    )
-    volume = sorted((data / "test" / "lesion").glob("*.nii.gz"))[0]
-    return data, volume, data / "ground_truth" / "lesion" / volume.name
+    """Real heads: 4 ixi_t1 training subjects with brain masks, and a raw lesion volume of another subject.
+
+    Returns ``(dataset, lesion volume, its lesion mask)``; the volume sits alone in its own folder (no brain mask
+    beside it), so batch inference extracts its brain just as the server does.
+    """
+    root = tmp_path_factory.mktemp("ml")
+    write_anatomy_dataset(shared_dataset("ixi_t1"), root / "data", n_train=4, seed=1, with_brain_masks=True)
+    source = sorted((root / "data" / "test" / "lesion").glob("*.nii.gz"))[0]
+    (root / "raw").mkdir()
+    volume = Path(shutil.copy(source, root / "raw" / source.name))
+    return root / "data", volume, root / "data" / "ground_truth" / "lesion" / source.name
 
 
 @pytest.fixture(scope="module")
 def checkpoints(study, tmp_path_factory) -> dict[str, Path]:
-    """Each bundle trained briefly on the phantoms."""
+    """Each bundle trained briefly on the training subjects."""
     root = tmp_path_factory.mktemp("trained")
     return {
         name: contract.train(
@@ -223,3 +225,8 @@ def test_server_labels_the_lesion_on_the_input_grid(name, server, study, checkpo
     run_bundle(name, "inference.json", overrides={**overrides, "dataset_dir": volume.parent, "output_dir": tmp_path})
     batch = np.asarray(nib.load(tmp_path / f"{volume.name.split('.')[0]}_mask.nii.gz").dataobj)
     np.testing.assert_array_equal(label, batch.astype(label.dtype))
+    # both extracted the brain: the label lies inside the brain mask batch inference wrote
+    brain = np.asarray(nib.load(tmp_path / f"{volume.name.split('.')[0]}_brain_mask.nii.gz").dataobj) > 0
+    brain_ml = brain.sum() * abs(np.linalg.det(reference.affine[:3, :3])) / 1000
+    assert 900 < brain_ml < 2000, f"implausible extracted brain of {brain_ml:.0f} ml"
+    assert not (label[~brain] > 0).any(), "label outside the extracted brain"
