@@ -13,9 +13,10 @@ from PIL import Image
 from torch import nn
 
 from common.data import ImageRecord
-from common.inference import AnomalyInference, list_input_files, predict_volume
+from common.inference import AnomalyInference, find_brain_mask, list_input_files, predict_volume
 from common.scoring import Calibration, MapScorer
 from common.volumes import LoadedImage, SliceSettings
+from tests.stand_ins import threshold_brain
 
 VOLUME_SHAPE = (12, 10, 6)
 PNG_HW = (10, 14)  # rows, columns
@@ -49,7 +50,12 @@ def _affine() -> np.ndarray:
 
 def _settings(**kwargs) -> SliceSettings:
     """Intensities 0..255 map linearly to [0, 1] and everything is foreground, so expected maps are easy to write."""
-    defaults = {"axis": 2, "intensity": {"mode": "range", "a_min": 0.0, "a_max": 255.0}, "foreground": "none"}
+    defaults = {
+        "axis": 2,
+        "intensity": {"mode": "range", "a_min": 0.0, "a_max": 255.0},
+        "foreground": "none",
+        "brain_extraction": "none",
+    }
     return SliceSettings(**(defaults | kwargs))
 
 
@@ -365,8 +371,12 @@ SETTINGS_MISMATCH_CASES = [
     ({"drop": "foreground_min_component"}, None),
     # a real difference is reported with the key's two values
     ({"set": {"min_foreground": 0.2}}, "min_foreground"),
+    # trained on extracted brains, run without extraction (or the other way round)
+    ({"set": {"brain_extraction": "deepbet"}}, "brain_extraction"),
+    # a checkpoint from before brain extraction existed
+    ({"drop": "brain_extraction"}, None),
 ]
-SETTINGS_MISMATCH_IDS = ["older-checkpoint", "changed-key"]
+SETTINGS_MISMATCH_IDS = ["older-checkpoint", "changed-key", "brain-extraction", "before-brain-extraction"]
 
 
 @pytest.mark.parametrize(("change", "reported"), SETTINGS_MISMATCH_CASES, ids=SETTINGS_MISMATCH_IDS)
@@ -387,3 +397,70 @@ def test_prepare_reports_settings_that_differ_from_training(
         assert warnings == []
     else:
         assert len(warnings) == 1 and reported in warnings[0]
+        assert repr(trained[reported]) in warnings[0] and repr(getattr(settings, reported)) in warnings[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# brain masks: found beside the inputs, extracted, written, and implausible extractions reported
+
+FIND_BRAIN_MASK_ROOTS = ["data", "data/test", "data/test/lesion"]
+
+
+@pytest.mark.parametrize("root", FIND_BRAIN_MASK_ROOTS)
+def test_find_brain_mask_follows_the_dataset_layout(tmp_path: Path, root: str) -> None:
+    image = tmp_path / "data" / "test" / "lesion" / "s1.nii.gz"
+    mask = tmp_path / "data" / "brain_mask" / "lesion" / "s1.nii.gz"
+    for path in (image, mask):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert find_brain_mask(image, tmp_path / root) == mask
+    assert find_brain_mask(image.with_name("s2.nii.gz"), tmp_path / root) is None
+
+
+def test_find_brain_mask_beside_a_plain_folder(tmp_path: Path) -> None:
+    (tmp_path / "scans" / "brain_mask").mkdir(parents=True)
+    (tmp_path / "scans" / "brain_mask" / "a.nii.gz").write_bytes(b"")
+    assert find_brain_mask(tmp_path / "scans" / "a.nii.gz", tmp_path / "scans") == (
+        tmp_path / "scans" / "brain_mask" / "a.nii.gz"
+    )
+
+
+def _head(voxel_mm: float) -> nib.Nifti1Image:
+    """A bright ellipsoid 'brain' in a dim 'head' in air, 24x24x12 voxels of ``voxel_mm``."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 24, 12)), indexing="ij")
+    radius = x**2 + y**2 + z**2
+    volume = np.where(radius < 0.5, 200.0, np.where(radius < 0.9, 60.0, 0.0)).astype(np.float32)
+    volume += np.random.default_rng(1).normal(0.0, 2.0, volume.shape).astype(np.float32)
+    return nib.Nifti1Image(volume, np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0]))
+
+
+def test_run_extracts_writes_brain_masks_and_reports_implausible_brains(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(_head(10.0), inputs / "head.nii.gz")
+    nib.save(_head(1.0), inputs / "tiny.nii.gz")  # the same head at 1 mm: a brain of a few ml
+    network = DistanceFromHalf()
+    network.calibration.set_thresholds(PIXEL_THRESHOLD, IMAGE_THRESHOLD)
+    settings = _settings(foreground="auto", brain_extraction="tests.stand_ins:threshold_brain", min_brain_fraction=0.5)
+    before = _snapshot(inputs)
+    summary = AnomalyInference(network, inputs, tmp_path / "out", settings, MapScorer("max")).run()
+
+    (failed,) = summary.failed
+    assert failed[0] == str(inputs / "tiny.nii.gz")
+    assert failed[1].startswith(str(inputs / "tiny.nii.gz")) and "ml of brain" in failed[1]
+    assert "\n" not in failed[1]
+    assert not list((tmp_path / "out").glob("tiny*"))
+    brain = nib.load(tmp_path / "out" / "head_brain_mask.nii.gz")
+    np.testing.assert_allclose(brain.affine, np.diag([10.0, 10.0, 10.0, 1.0]))
+    inside = np.asarray(brain.dataobj) > 0
+    expected = threshold_brain(np.asarray(_head(10.0).dataobj), np.eye(4))
+    np.testing.assert_array_equal(inside, expected)
+    maps = nib.load(tmp_path / "out" / "head_anomaly.nii.gz").get_fdata()
+    assert not maps[~inside].any()
+    # slices with under half the largest brain slice's area: map 0 and no score
+    areas = inside.sum(axis=(0, 1))
+    dropped = np.flatnonzero(areas < 0.5 * areas.max())
+    assert dropped.size and not maps[..., dropped].any()
+    rows = [r for r in _read_csv(tmp_path / "out" / "scores.csv")[1:] if r[0].endswith("head.nii.gz")]
+    assert sorted(int(r[1]) for r in rows if r[6] == "0") == dropped.tolist()
+    assert _snapshot(inputs) == before
