@@ -140,7 +140,9 @@ def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_p
         timeout=600,
     )
     outputs = sorted(p.name for p in (tmp_path / "repo").glob("*.nii.gz"))
-    assert len(outputs) == 4 and outputs == sorted(p.name for p in (tmp_path / "standalone").glob("*.nii.gz"))
+    # per volume: the map, the anomaly mask and the brain mask (the phantoms' brain_mask/ beside the inputs)
+    assert len(outputs) == 6 and outputs == sorted(p.name for p in (tmp_path / "standalone").glob("*.nii.gz"))
+    assert sum(name.endswith("_brain_mask.nii.gz") for name in outputs) == 2
     for name in outputs:
         ours, theirs = nib.load(tmp_path / "standalone" / name), nib.load(tmp_path / "repo" / name)
         np.testing.assert_allclose(ours.get_fdata(), theirs.get_fdata(), rtol=1e-5, atol=1e-6)
