@@ -147,6 +147,8 @@ def _recomputed(run_dir: Path, dataset: Path) -> dict[str, float]:
     labels, scores, masks, maps = [], [], [], []
     with (run_dir / "maps" / "scores.csv").open() as handle:
         for row in csv.DictReader(handle):
+            if row["scored"] == "0":
+                continue
             record = records[str(Path(row["file"]).resolve())]
             anomaly_map = nib.load(run_dir / "maps" / f"{file_stem(record.image)}_anomaly.nii.gz").get_fdata()
             mask = np.asarray(load_image(record.mask)) > 0 if record.mask else np.zeros(anomaly_map.shape, bool)
