@@ -52,12 +52,12 @@ class SliceSettings:
         foreground_min_component: for computed foregrounds, the connected components kept: those of at least this
             fraction of the largest one (see :func:`common.foreground.compute_foreground`; 1 keeps the largest
             alone, 0 keeps all).
-        brain_extraction: how 3D volumes without a ``brain_mask/`` file get their brain mask in the ``"auto"`` and
-            ``"file"`` foreground modes: ``"deepbet"``, ``"none"`` or ``"module:function"`` (:mod:`common.brain`).
-            Voxels outside a brain mask (file or extraction) are set to the background before normalisation.
+        brain_extraction: how 3D volumes without a ``brain_mask/`` file get their brain mask in the ``"auto"``
+            foreground mode: ``"deepbet"``, ``"none"`` or ``"module:function"`` (:mod:`common.brain`). Voxels
+            outside a brain mask (file or extraction) are set to the background before normalisation.
         min_brain_fraction: keep only volume slices whose foreground area is at least this fraction of the volume's
-            largest foreground slice (0 keeps all). Slices left out take no part in training or calibration and are
-            not scored at inference.
+            largest foreground slice (0, the default here, keeps all; the bundles' configs use 0.25). Slices left
+            out take no part in training or calibration and are not scored at inference.
     """
 
     axis: int = 2
