@@ -34,7 +34,7 @@ TABLE_KEYS = (
     ("image_ap", "image AP (slices)"),
     ("image_f1", "F1 at calibrated threshold"),
     ("pixel_auroc", "pixel AUROC"),
-    ("pixel_auroc_foreground", "pixel AUROC (inside head)"),
+    ("pixel_auroc_foreground", "pixel AUROC (inside brain)"),
     ("aupro", "AUPRO (FPR <= 0.3)"),
     ("best_dice", "best Dice"),
     ("volume_auroc", "volume AUROC"),
