@@ -36,6 +36,7 @@ from monai.transforms import MapTransform
 
 __all__ = [
     "BRAIN_EXTRACTION_MODES",
+    "BRAIN_MASK_KEY",
     "MIN_BRAIN_VOLUME_ML",
     "BrainExtractionError",
     "DeepbetExtractor",
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 BRAIN_EXTRACTION_MODES = ("deepbet", "none")
 """Named settings of ``brain_extraction``; a ``"module:function"`` path names any other extractor."""
+
+BRAIN_MASK_KEY = "brain_mask"
+"""Where :class:`ExtractBrainMaskd` puts the mask and :class:`common.transforms.NormalizeVolumed` reads it."""
 
 MIN_BRAIN_VOLUME_ML = 300.0
 """Smallest plausible brain, in millilitres. Adult intracranial volumes are about 1,100-1,900 ml and a newborn's
@@ -212,7 +216,7 @@ class ExtractBrainMaskd(MapTransform):
         self,
         keys: KeysCollection,
         method: str = "deepbet",
-        mask_key: str = "brain_mask",
+        mask_key: str = BRAIN_MASK_KEY,
         min_volume_ml: float = MIN_BRAIN_VOLUME_ML,
         allow_missing_keys: bool = False,
     ) -> None:

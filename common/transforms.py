@@ -21,11 +21,12 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.brain import BRAIN_MASK_KEY
 from common.data import is_nifti
 from common.inference import score_volume
 from common.scoring import MapScorer
 from common.training import load_thresholds
-from common.volumes import BRAIN_MASK_KEY, SliceSettings, normalize_with_foreground, slice_indices
+from common.volumes import SliceSettings, normalize_with_foreground, slice_indices
 
 __all__ = ["AnomalyMapd", "NormalizeVolumed", "pixel_threshold"]
 

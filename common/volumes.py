@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.inferers import Inferer, SliceInferer
 
-from common.brain import ExtractBrainMaskd, check_brain_extraction
+from common.brain import BRAIN_MASK_KEY, ExtractBrainMaskd, check_brain_extraction
 from common.data import ImageRecord, IntensitySettings, is_nifti, load_image, normalize_intensity
 from common.foreground import MIN_COMPONENT_FRACTION, compute_foreground
 from common.io import atomic_output
@@ -154,9 +154,6 @@ def _load_mask(path: Path, shape: tuple[int, ...], image: Path, what: str) -> np
     return mask
 
 
-BRAIN_MASK_KEY = "brain_mask"
-
-
 def brain_mask_for(
     data: torch.Tensor, settings: SliceSettings, mask_file: np.ndarray | None = None
 ) -> tuple[np.ndarray | None, str]:
@@ -181,7 +178,7 @@ def brain_mask_for(
         return np.asarray(mask_file, dtype=bool), "file"
     if settings.foreground == "file":  # mask files only
         return None, "none"
-    extract = ExtractBrainMaskd(keys="image", method=settings.brain_extraction, mask_key=BRAIN_MASK_KEY)
+    extract = ExtractBrainMaskd(keys="image", method=settings.brain_extraction)
     out = extract({"image": data[None]})
     if out.get(BRAIN_MASK_KEY) is None:
         return None, "none"
