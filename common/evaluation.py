@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from common.data import ImageRecord, discover_dataset
 from common.inference import VolumeRunner
 from common.io import atomic_output
 from common.metrics import evaluate_anomaly_detection, image_metrics
+from common.results import EvaluationResult
 from common.volumes import load_record
 
-__all__ = ["AnomalyEvaluation", "EvaluationResult", "write_json_atomic"]
+__all__ = ["AnomalyEvaluation", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +36,6 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
         json.dump(payload, handle, indent=2, sort_keys=True)
         handle.write("\n")
     return path
-
-
-@dataclass
-class EvaluationResult:
-    """Per-slice predictions of an evaluation run and the metrics computed from them."""
-
-    labels: list[int] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    images: list[np.ndarray] = field(default_factory=list)
-    maps: list[np.ndarray] = field(default_factory=list)
-    masks: list[np.ndarray | None] = field(default_factory=list)
-    foregrounds: list[np.ndarray] = field(default_factory=list)
-    volume_labels: list[int] = field(default_factory=list)
-    volume_scores: list[float] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 class AnomalyEvaluation(VolumeRunner):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from common.evaluation import EvaluationResult
+    from common.results import EvaluationResult
 
 __all__ = [
     "save_evaluation_plots",

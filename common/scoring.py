@@ -17,10 +17,12 @@ import torch
 from monai.transforms import GaussianSmooth
 from torch import nn
 
-__all__ = ["Calibration", "MapScorer", "calibrate_thresholds", "volume_score"]
+__all__ = ["PIXEL_RULES", "Calibration", "MapScorer", "calibrate_thresholds", "pixel_threshold", "volume_score"]
 
 SCORE_METHODS = ("max", "topk_mean", "mean", "topk_probability")
 VOLUME_METHODS = ("max", "mean")
+PIXEL_RULES = ("pixel_quantile", "slice_max")
+"""Pixel-threshold rules of :func:`pixel_threshold`."""
 
 
 class MapScorer:
@@ -110,20 +112,67 @@ def volume_score(slice_scores: Sequence[float] | np.ndarray, method: str = "max"
     return float(values.max() if method == "max" else values.mean())
 
 
+def pixel_threshold(
+    normal_slice_pixels: Sequence[np.ndarray], rule: str = "pixel_quantile", value: float = 0.999
+) -> float:
+    """Pixel threshold from the foreground pixel scores of normal slices.
+
+    Rules:
+
+    - ``"pixel_quantile"``: the ``value`` quantile of every normal foreground pixel score (DESIGN.md: a high
+      quantile of normal-pixel scores).
+    - ``"slice_max"``: the ``1 - value`` quantile of each normal slice's largest foreground pixel score, so that a
+      fraction ``value`` of normal slices get a non-empty mask (the per-slice form of the same quantile: the
+      false-positive rate is counted in slices, as the image threshold counts it).
+
+    Args:
+        normal_slice_pixels: one array of foreground pixel scores per normal slice.
+        rule: one of :data:`PIXEL_RULES`.
+        value: the quantile (``"pixel_quantile"``) or the slice false-positive rate (``"slice_max"``), in (0, 1).
+
+    Returns:
+        The threshold; a pixel is anomalous when its score is above it.
+
+    Raises:
+        ValueError: for an unknown rule, a value outside (0, 1), or no normal pixel.
+    """
+    if rule not in PIXEL_RULES:
+        msg = f"pixel threshold rule must be one of {PIXEL_RULES}, got {rule!r}"
+        raise ValueError(msg)
+    if not 0.0 < value < 1.0:
+        msg = f"the {rule} value must be in (0, 1), got {value}"
+        raise ValueError(msg)
+    slices = [np.asarray(p, dtype=np.float64).ravel() for p in normal_slice_pixels]
+    slices = [p for p in slices if p.size]
+    if not slices:
+        msg = (
+            "calibration needs normal foreground pixels, got none (is calibration_fraction 0 or train/good too small?)"
+        )
+        raise ValueError(msg)
+    if rule == "pixel_quantile":
+        return float(np.quantile(np.concatenate(slices), value))
+    return float(np.quantile([p.max() for p in slices], 1.0 - value))
+
+
 def calibrate_thresholds(
-    normal_pixel_scores: np.ndarray,
+    normal_pixel_scores: np.ndarray | Sequence[np.ndarray],
     normal_image_scores: np.ndarray,
     pixel_quantile: float = 0.999,
     image_fpr: float = 0.05,
+    pixel_rule: str = "pixel_quantile",
+    pixel_slice_fpr: float = 0.05,
 ) -> tuple[float, float]:
     """Thresholds from normal data only.
 
     Args:
-        normal_pixel_scores: foreground pixel scores of held-out normal images.
+        normal_pixel_scores: foreground pixel scores of held-out normal images, one array per slice (a single array
+            counts as one slice).
         normal_image_scores: image scores of the same images.
-        pixel_quantile: quantile of normal pixel scores used as the pixel threshold.
+        pixel_quantile: quantile of normal pixel scores used as the pixel threshold (rule ``"pixel_quantile"``).
         image_fpr: target false-positive rate on normal images; the image threshold is their
             ``1 - image_fpr`` quantile.
+        pixel_rule: how the pixel threshold is set, one of :data:`PIXEL_RULES` (:func:`pixel_threshold`).
+        pixel_slice_fpr: share of normal slices allowed a non-empty mask (rule ``"slice_max"``).
 
     Returns:
         ``(pixel_threshold, image_threshold)``.
@@ -134,12 +183,13 @@ def calibrate_thresholds(
     if not 0.0 < image_fpr < 1.0:
         msg = f"image_fpr must be in (0, 1), got {image_fpr}"
         raise ValueError(msg)
-    pixels = np.asarray(normal_pixel_scores, dtype=np.float64).ravel()
+    slices = [normal_pixel_scores] if isinstance(normal_pixel_scores, np.ndarray) else list(normal_pixel_scores)
     images = np.asarray(normal_image_scores, dtype=np.float64).ravel()
-    if pixels.size == 0 or images.size == 0:
+    if not any(np.size(p) for p in slices) or images.size == 0:
         msg = "calibration needs normal images, got none (is calibration_fraction 0 or train/good too small?)"
         raise ValueError(msg)
-    return float(np.quantile(pixels, pixel_quantile)), float(np.quantile(images, 1.0 - image_fpr))
+    value = pixel_quantile if pixel_rule == "pixel_quantile" else pixel_slice_fpr
+    return pixel_threshold(slices, pixel_rule, value), float(np.quantile(images, 1.0 - image_fpr))
 
 
 class Calibration(nn.Module):

@@ -23,6 +23,7 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from torch import nn
 
+from common.checkpoint import check_arguments
 from common.scoring import MapScorer, calibrate_thresholds
 
 __all__ = [
@@ -173,8 +174,10 @@ class FeatureStatisticsHandler:
 class CalibrationHandler:
     """Calibrate pixel and image thresholds on held-out normal images when training completes.
 
-    Thresholds (DESIGN.md): pixel threshold = ``pixel_quantile`` of normal foreground pixel scores; image threshold
-    = the ``1 - image_fpr`` quantile of normal image scores. They are stored in ``network.calibration`` with the
+    Thresholds (DESIGN.md): pixel threshold = ``pixel_quantile`` of normal foreground pixel scores, or with
+    ``pixel_rule="slice_max"`` the ``1 - pixel_slice_fpr`` quantile of the normal slices' largest foreground pixel
+    scores (:func:`common.scoring.pixel_threshold`); image threshold = the ``1 - image_fpr`` quantile of normal image
+    scores. They are stored in ``network.calibration`` with the
     preprocessing and scoring settings, so the final checkpoint carries them. Attach it BEFORE the checkpoint saver.
 
     Args:
@@ -182,8 +185,10 @@ class CalibrationHandler:
         loader: batches of held-out normal slice dictionaries (``image``, ``foreground``).
         device: where to run.
         scorer: how maps become image scores.
-        pixel_quantile: quantile for the pixel threshold.
+        pixel_quantile: quantile for the pixel threshold (rule ``"pixel_quantile"``).
         image_fpr: target image-level false-positive rate.
+        pixel_rule: ``"pixel_quantile"`` or ``"slice_max"``.
+        pixel_slice_fpr: share of normal slices allowed a non-empty mask (rule ``"slice_max"``).
         settings: preprocessing settings to store with the model.
     """
 
@@ -196,6 +201,8 @@ class CalibrationHandler:
         pixel_quantile: float = 0.999,
         image_fpr: float = 0.05,
         settings: Mapping[str, Any] | None = None,
+        pixel_rule: str = "pixel_quantile",
+        pixel_slice_fpr: float = 0.05,
     ) -> None:
         self.network = network
         self.loader = loader
@@ -204,6 +211,8 @@ class CalibrationHandler:
         self.pixel_quantile = pixel_quantile
         self.image_fpr = image_fpr
         self.settings = dict(settings or {})
+        self.pixel_rule = pixel_rule
+        self.pixel_slice_fpr = pixel_slice_fpr
 
     def attach(self, engine: Any) -> None:
         """Run at ``Events.COMPLETED`` of ``engine``."""
@@ -213,9 +222,9 @@ class CalibrationHandler:
         """Compute and store the thresholds."""
         network = _unwrap(self.network)
         maps, foregrounds, image_scores = predict_maps(network, self.loader, self.device, self.scorer)
-        pixels = np.concatenate([m[f] for m, f in zip(maps, foregrounds, strict=True)]) if maps else np.zeros(0)
+        pixels = [m[f] for m, f in zip(maps, foregrounds, strict=True)]
         pixel_threshold, image_threshold = calibrate_thresholds(
-            pixels, image_scores, self.pixel_quantile, self.image_fpr
+            pixels, image_scores, self.pixel_quantile, self.image_fpr, self.pixel_rule, self.pixel_slice_fpr
         )
         network.calibration.set_thresholds(
             pixel_threshold,
@@ -224,6 +233,8 @@ class CalibrationHandler:
             scoring=self.scorer.as_dict(),
             pixel_quantile=self.pixel_quantile,
             image_fpr=self.image_fpr,
+            pixel_rule=self.pixel_rule,
+            pixel_slice_fpr=self.pixel_slice_fpr,
             n_calibration_slices=len(maps),
             normal_score_mean=float(np.mean(image_scores)),
             normal_score_std=float(np.std(image_scores)),
@@ -282,12 +293,18 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_iterations: int = 0) 
 def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
     """Load ``model.pt`` (a ``state_dict`` or ``{"model": state_dict}``, as MONAI's ``CheckpointSaver`` writes it).
 
-    Loaded with ``weights_only=True``; the calibration thresholds and settings travel inside the ``state_dict``.
+    Loaded with ``weights_only=True``; the calibration thresholds and settings travel inside the ``state_dict``. A
+    checkpoint that describes its network (:mod:`common.checkpoint`) is first checked against the network's
+    constructor arguments.
 
     Raises:
         FileNotFoundError: when the file does not exist (with the command that writes it).
+        common.checkpoint.ArchitectureMismatchError: when the network was built with other architecture arguments
+            than the checkpoint's.
     """
-    _unwrap(network).load_state_dict(read_state_dict(path), strict=strict)
+    state = read_state_dict(path)
+    check_arguments(_unwrap(network), path)
+    _unwrap(network).load_state_dict(state, strict=strict)
     return network
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import sys
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +32,9 @@ import numpy as np
 from scipy import ndimage
 
 from common.io import atomic_output
-from tools.phantoms import _check_rng, _smooth_noise
+from tools.noise import check_rng, smooth_noise
 
-__all__ = ["DEFAULT_CONTRAST", "implant_lesions", "write_anatomy_dataset"]
+__all__ = ["DEFAULT_CONTRAST", "implant_lesions", "main", "write_anatomy_dataset", "write_lesion_twins"]
 
 DEFAULT_CONTRAST = 1.3
 """Lesion target intensity as a multiple of the brain's 99th-percentile intensity.
@@ -61,6 +62,25 @@ def _check_pair(name: str, value: Sequence[float], positive: bool) -> tuple[floa
         msg = f"{name}: expected finite min <= max with min {'> 0' if positive else '>= 1'}, got {value!r}"
         raise ValueError(msg)
     return low, high
+
+
+def _check_lesion_parameters(
+    n_lesions: Sequence[int], radius_mm: Sequence[float], contrast: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Validated ``(n_lesions, radius_mm)`` pairs; ``ValueError`` for any argument out of range."""
+    count = _check_pair("n_lesions", n_lesions, positive=False)
+    if count[0] != int(count[0]) or count[1] != int(count[1]):
+        msg = f"n_lesions: expected a (min, max) pair of ints, got {n_lesions!r}"
+        raise ValueError(msg)
+    radius = _check_pair("radius_mm", radius_mm, positive=True)
+    if (
+        isinstance(contrast, bool)
+        or not isinstance(contrast, int | float | np.integer | np.floating)
+        or not 0 < contrast < np.inf
+    ):
+        msg = f"contrast: expected a positive finite number, got {contrast!r}"
+        raise ValueError(msg)
+    return count, radius
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -123,7 +143,7 @@ def implant_lesions(
         ValueError: if the volume is not 3D, the mask's shape differs, the brain mask is empty, or an argument is out
             of range.
     """
-    _check_rng(rng)
+    check_rng(rng)
     volume = np.asarray(volume)
     if volume.ndim != 3 or not np.issubdtype(volume.dtype, np.number) or np.iscomplexobj(volume):
         msg = f"volume: expected a real 3D array, got shape {volume.shape} and dtype {volume.dtype}"
@@ -144,18 +164,7 @@ def implant_lesions(
     if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         msg = f"spacing_mm: expected 3 positive numbers, got {spacing_mm!r}"
         raise ValueError(msg)
-    count_low, count_high = _check_pair("n_lesions", n_lesions, positive=False)
-    if count_low != int(count_low) or count_high != int(count_high):
-        msg = f"n_lesions: expected a (min, max) pair of ints, got {n_lesions!r}"
-        raise ValueError(msg)
-    radius_low, radius_high = _check_pair("radius_mm", radius_mm, positive=True)
-    if (
-        isinstance(contrast, bool)
-        or not isinstance(contrast, int | float | np.integer | np.floating)
-        or not 0 < contrast < np.inf
-    ):
-        msg = f"contrast: expected a positive finite number, got {contrast!r}"
-        raise ValueError(msg)
+    (count_low, count_high), (radius_low, radius_high) = _check_lesion_parameters(n_lesions, radius_mm, contrast)
 
     shape = volume.shape
     values = volume.astype(np.float32)
@@ -185,7 +194,7 @@ def implant_lesions(
         offsets = np.stack(grids, axis=-1) @ _random_rotation(rng)  # mm, in the lesion's own frame
         radial = np.sqrt(np.sum((offsets / semi_mm) ** 2, axis=-1))
         sigma = np.maximum(semi_mm.mean() / 3.0 / spacing, 1.0)
-        rough = _smooth_noise(rng, radial.shape, tuple(sigma))
+        rough = smooth_noise(rng, radial.shape, tuple(sigma))
         blob = ((radial < 1.0) & (radial + 0.25 * rough < 0.9)) | (radial < 0.35)
         blob &= brain[box]
         labels, _ = ndimage.label(blob)
@@ -199,7 +208,7 @@ def implant_lesions(
         target[box] = np.where(stronger, lesion_target, target[box])
 
     region = weight > 0
-    heterogeneity = 1.0 + 0.08 * _smooth_noise(rng, shape, tuple(np.maximum(3.0 / spacing, 0.5)))
+    heterogeneity = 1.0 + 0.08 * smooth_noise(rng, shape, tuple(np.maximum(3.0 / spacing, 0.5)))
     increase = np.maximum(target * heterogeneity - values, np.float32(_MIN_INCREASE * scale))
     lesioned_values = values.copy()
     lesioned_values[region] += (weight * increase)[region]
@@ -232,6 +241,47 @@ def _write_nifti(image: nib.spatialimages.SpatialImage, destination: Path) -> No
 
 def _subject_seed(seed: int, name: str) -> list[int]:
     return [int(seed), zlib.crc32(name.encode("utf-8"))]
+
+
+def _write_lesioned(
+    image_dir: Path,
+    mask_dir: Path,
+    name: str,
+    out: Path,
+    seed: int,
+    n_lesions: tuple[int, int],
+    radius_mm: tuple[float, float],
+    contrast: float,
+    with_brain_mask: bool,
+) -> float:
+    """Write ``out/test/lesion/<name>`` and ``out/ground_truth/lesion/<name>``; return the lesion volume in ml."""
+    image = nib.load(image_dir / name)
+    brain_image = nib.load(mask_dir / name)
+    if brain_image.shape != image.shape or len(image.shape) != 3:
+        msg = f"{mask_dir / name}: shape {brain_image.shape} does not match the 3D volume's {image.shape}"
+        raise ValueError(msg)
+    brain = np.asanyarray(brain_image.dataobj) > 0
+    if not brain.any():
+        msg = f"{mask_dir / name}: the brain mask is empty"
+        raise ValueError(msg)
+    stored = np.asanyarray(image.dataobj.get_unscaled())
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    rng = np.random.default_rng(_subject_seed(seed, name))
+    lesioned, mask = implant_lesions(stored, brain, rng, spacing, n_lesions, radius_mm, contrast)
+
+    header = image.header.copy()
+    out_image = type(image)(lesioned, None, header=header)
+    # Keep the source's scaling: with slope and intercept set, nibabel writes the stored values unchanged.
+    out_image.header.set_slope_inter(float(image.dataobj.slope), float(image.dataobj.inter))
+    _write_nifti(out_image, out / "test" / "lesion" / name)
+    mask_image = type(image)(mask.astype(np.uint8), None, header=header)
+    mask_image.header.set_data_dtype(np.uint8)
+    mask_image.header.set_slope_inter(1.0, 0.0)
+    mask_image.header["cal_min"], mask_image.header["cal_max"] = 0.0, 1.0
+    _write_nifti(mask_image, out / "ground_truth" / "lesion" / name)
+    if with_brain_mask:
+        _copy_atomic(mask_dir / name, out / "brain_mask" / "lesion" / name)
+    return float(mask.sum() * np.prod(spacing) / 1000.0)
 
 
 def write_anatomy_dataset(
@@ -334,33 +384,9 @@ def write_anatomy_dataset(
             if with_brain_masks:
                 _copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
     for name in splits["test_lesion"]:
-        image = nib.load(image_dir / name)
-        brain_image = nib.load(mask_dir / name)
-        if brain_image.shape != image.shape or len(image.shape) != 3:
-            msg = f"{mask_dir / name}: shape {brain_image.shape} does not match the 3D volume's {image.shape}"
-            raise ValueError(msg)
-        brain = np.asanyarray(brain_image.dataobj) > 0
-        if not brain.any():
-            msg = f"{mask_dir / name}: the brain mask is empty"
-            raise ValueError(msg)
-        stored = np.asanyarray(image.dataobj.get_unscaled())
-        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-        rng = np.random.default_rng(_subject_seed(int(seed), name))
-        lesioned, mask = implant_lesions(stored, brain, rng, spacing, n_lesions, radius_mm, contrast)
-
-        header = image.header.copy()
-        out_image = type(image)(lesioned, None, header=header)
-        # Keep the source's scaling: with slope and intercept set, nibabel writes the stored values unchanged.
-        out_image.header.set_slope_inter(float(image.dataobj.slope), float(image.dataobj.inter))
-        _write_nifti(out_image, folders["test_lesion"] / name)
-        mask_image = type(image)(mask.astype(np.uint8), None, header=header)
-        mask_image.header.set_data_dtype(np.uint8)
-        mask_image.header.set_slope_inter(1.0, 0.0)
-        mask_image.header["cal_min"], mask_image.header["cal_max"] = 0.0, 1.0
-        _write_nifti(mask_image, out / "ground_truth" / "lesion" / name)
-        if with_brain_masks:
-            _copy_atomic(mask_dir / name, out / "brain_mask" / "lesion" / name)
-        lesion_ml[name] = float(mask.sum() * np.prod(spacing) / 1000.0)
+        lesion_ml[name] = _write_lesioned(
+            image_dir, mask_dir, name, out, int(seed), n_lesions, radius_mm, contrast, with_brain_masks
+        )
 
     return {
         "n_train": len(splits["train"]),
@@ -370,3 +396,93 @@ def write_anatomy_dataset(
         "lesion_ml": lesion_ml,
         "brain_masks": bool(with_brain_masks),
     }
+
+
+def write_lesion_twins(
+    source_dir: str | Path,
+    out_dir: str | Path,
+    names: Sequence[str],
+    seed: int = 1,
+    n_lesions: tuple[int, int] = (1, 3),
+    radius_mm: tuple[float, float] = (6.0, 15.0),
+    contrast: float = DEFAULT_CONTRAST,
+) -> dict[str, float]:
+    """Write healthy volumes next to lesioned twins of themselves: a validation set for choosing threshold rules.
+
+    Each named volume of ``source_dir/train/good`` goes to ``out_dir/test/good/<name>`` unchanged and, with lesions
+    implanted (:func:`implant_lesions`, seeded by ``seed`` and the file name), to ``out_dir/test/lesion/<name>`` with
+    its mask in ``out_dir/ground_truth/lesion/<name>``; the brain masks of ``source_dir/brain_mask/good`` are copied
+    to ``out_dir/brain_mask/{good,lesion}``. The twins share a file name, which is how
+    :mod:`tools.threshold_rules` pairs a subject's normal and lesioned scans. Meant for the held-out calibration
+    volumes of a training set (normal data the model never trained on), never for test data.
+
+    Args:
+        source_dir: dataset with ``train/good`` volumes and ``brain_mask/good`` masks.
+        out_dir: dataset root, created if needed; files of the same names are replaced.
+        names: file names in ``source_dir/train/good``.
+        seed: non-negative lesion seed; use another one than the test set's.
+        n_lesions: inclusive ``(min, max)`` number of lesions per volume.
+        radius_mm: ``(min, max)`` base lesion radius in millimetres.
+        contrast: lesion target intensity as a multiple of the brain's 99th-percentile intensity.
+
+    Returns:
+        Lesion volume in millilitres per file name.
+
+    Raises:
+        ValueError: if a named volume or its brain mask is missing, or an argument is out of range.
+    """
+    source, out = Path(source_dir), Path(out_dir)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        msg = f"seed: expected an int >= 0, got {seed!r}"
+        raise ValueError(msg)
+    image_dir, mask_dir = source / "train" / "good", source / "brain_mask" / "good"
+    if not names:
+        msg = "names: no volume named"
+        raise ValueError(msg)
+    _check_lesion_parameters(n_lesions, radius_mm, contrast)
+    for name in names:
+        for folder in (image_dir, mask_dir):
+            if not (folder / name).is_file():
+                msg = f"{folder / name}: not found"
+                raise ValueError(msg)
+        image_shape, mask_shape = nib.load(image_dir / name).shape, nib.load(mask_dir / name).shape
+        if image_shape != mask_shape or len(image_shape) != 3:
+            msg = f"{mask_dir / name}: shape {mask_shape} does not match the 3D volume's {image_shape}"
+            raise ValueError(msg)
+    lesion_ml = {}
+    for name in names:
+        _copy_atomic(image_dir / name, out / "test" / "good" / name)
+        _copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
+        lesion_ml[name] = _write_lesioned(
+            image_dir, mask_dir, name, out, int(seed), n_lesions, radius_mm, contrast, True
+        )
+    return lesion_ml
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m tools.anatomy_lesions SOURCE OUT --names A B C [--seed 1]`` (lesion twins)."""
+    from tools.arguments import OneLineArgumentParser, UsageError
+
+    prog = "python -m tools.anatomy_lesions"
+    parser = OneLineArgumentParser(
+        prog=prog,
+        description="Copy healthy volumes to OUT/test/good and write lesioned twins of them to OUT/test/lesion "
+        "(validation set for threshold rules; see tools.threshold_rules).",
+    )
+    parser.add_argument("source_dir", type=Path, help="dataset with train/good volumes and brain_mask/good masks")
+    parser.add_argument("out_dir", type=Path, help="validation dataset root to write")
+    parser.add_argument("--names", nargs="+", required=True, help="file names in SOURCE/train/good")
+    parser.add_argument("--seed", type=int, default=1, help="lesion seed (default 1; use another than the test set's)")
+    try:
+        args = parser.parse_args(argv)
+        lesion_ml = write_lesion_twins(args.source_dir, args.out_dir, args.names, seed=args.seed)
+    except (UsageError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    for name, ml in lesion_ml.items():
+        print(f"{name}: {ml:.1f} ml of lesion")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

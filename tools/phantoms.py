@@ -46,6 +46,7 @@ from PIL import Image
 from scipy import ndimage
 
 from common.io import atomic_output
+from tools.noise import check_rng, smooth_noise
 
 __all__ = [
     "SPACING_MM",
@@ -114,12 +115,6 @@ class _Subject:
     noise: tuple[np.ndarray, np.ndarray]  # float32 real and imaginary noise, already scaled
 
 
-def _check_rng(rng: np.random.Generator) -> None:
-    if not isinstance(rng, np.random.Generator):
-        msg = f"rng: expected a numpy.random.Generator (e.g. numpy.random.default_rng(0)), got {type(rng).__name__}"
-        raise TypeError(msg)
-
-
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """Validate a 2D ``(size, size)`` or 3D ``(H, W, D)`` phantom shape and return it as a tuple of ints."""
     try:
@@ -154,14 +149,6 @@ def _grid(rng: np.random.Generator, shape: tuple[int, ...]) -> _Grid:
     k = np.linspace(-1.0, 1.0, shape[2], dtype=np.float32)
     z_ratio = SPACING_MM[0] / SPACING_MM[2]
     return _Grid(x=i[:, None, None], y=j[None, :, None], z=k[None, None, :], shape=shape, px=half, z_ratio=z_ratio)
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...]) -> np.ndarray:
-    """Gaussian-filtered white noise, standardised to zero mean and unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, mode="reflect")
-    field -= field.mean()
-    std = float(field.std())
-    return field / std if std > 0 else field
 
 
 def _periodic(rng: np.random.Generator, phi: np.ndarray, z: np.ndarray | float, k_min: int, k_max: int) -> np.ndarray:
@@ -201,7 +188,7 @@ def _render(rng: np.random.Generator, g: _Grid) -> _Subject:
     t_scalp = (0.035 + 0.006 * _periodic(rng, phi, z, 1, 5)) * oblique
     t_skull = np.clip(0.05 + 0.015 * _periodic(rng, phi, z, 1, 5), 0.025, None) * oblique
     t_csf = np.clip(0.02 + 0.008 * _periodic(rng, phi, z, 1, 6), 0.008, None) * oblique
-    surface = _smooth_noise(rng, shape, g.sigma(0.08))
+    surface = smooth_noise(rng, shape, g.sigma(0.08))
     depth = depth_head - t_scalp - t_skull - t_csf - 0.006 * surface  # depth below the brain surface
     head = depth_head > 0
     scalp = head & (depth_head < t_scalp)
@@ -211,11 +198,11 @@ def _render(rng: np.random.Generator, g: _Grid) -> _Subject:
 
     # Gyri: radial sulci (CSF clefts) from the surface; white matter follows the folds below a cortex ribbon.
     n_gyri = rng.integers(18, 27)
-    gyral = np.cos(n_gyri * phi + 1.2 * _periodic(rng, phi, z, 1, 4) + 1.5 * _smooth_noise(rng, shape, g.sigma(0.06)))
+    gyral = np.cos(n_gyri * phi + 1.2 * _periodic(rng, phi, z, 1, 4) + 1.5 * smooth_noise(rng, shape, g.sigma(0.06)))
     sulcus_depth = np.clip(0.09 + 0.03 * _periodic(rng, phi, z, 1, 6), 0.04, None)
     sulcus = brain & (depth < sulcus_depth) & (gyral > 0.86 + 0.12 * np.clip(depth / sulcus_depth, 0.0, 1.0))
     t_cortex = rng.uniform(0.035, 0.045)
-    white_noise = _smooth_noise(rng, shape, g.sigma(0.05))
+    white_noise = smooth_noise(rng, shape, g.sigma(0.05))
     white = brain & (depth > t_cortex + sulcus_depth * (1.0 + gyral) / 2.0 + 0.008 * white_noise)
 
     # Interhemispheric fissure, interrupted by the corpus callosum except near the vertex.
@@ -238,7 +225,7 @@ def _render(rng: np.random.Generator, g: _Grid) -> _Subject:
     level = np.exp(-(((z - z_vent) / rng.uniform(0.3, 0.45)) ** 2))
     level_deep = np.exp(-(((z - z_vent + 0.15) / 0.3) ** 2))
     deep_x, deep_y = dx + ax + rng.uniform(0.12, 0.18), vy + rng.uniform(0.0, 0.1)  # lentiform nuclei
-    wobble = _smooth_noise(rng, shape, g.sigma(0.04))
+    wobble = smooth_noise(rng, shape, g.sigma(0.04))
     ventricle = np.zeros(shape, dtype=bool)
     deep = np.zeros(shape, dtype=bool)
     for side in (-1.0, 1.0):
@@ -266,7 +253,7 @@ def _render(rng: np.random.Generator, g: _Grid) -> _Subject:
     img[sulcus | fissure] = level_of["csf"]
     img[ventricle] = level_of["ventricle"]
     img = ndimage.gaussian_filter(img, g.sigma_px(0.6), mode="constant")
-    texture = 1.0 + 0.035 * _smooth_noise(rng, shape, g.sigma_px(0.9)) + 0.04 * _smooth_noise(rng, shape, g.sigma(0.06))
+    texture = 1.0 + 0.035 * smooth_noise(rng, shape, g.sigma_px(0.9)) + 0.04 * smooth_noise(rng, shape, g.sigma(0.06))
     img *= texture
 
     # Acquisition: low-frequency bias field (normalised to mean 1 over the head) and Rician noise.
@@ -332,7 +319,7 @@ def _add_lesions(rng: np.random.Generator, g: _Grid, subject: _Subject) -> tuple
             radial_sq = radial_sq + (offsets[2] / semi[2]) ** 2
         radial = np.sqrt(radial_sq)
         box_shape = radial.shape
-        rough = _smooth_noise(rng, box_shape, g.sigma_px(max(radius / 3.0, 1.0)))
+        rough = smooth_noise(rng, box_shape, g.sigma_px(max(radius / 3.0, 1.0)))
         blob = ((radial < 1.0) & (radial + 0.3 * rough < 0.8)) | (radial < 0.3)
         blob &= subject.parenchyma[box]
         labels, _ = ndimage.label(blob)
@@ -344,7 +331,7 @@ def _add_lesions(rng: np.random.Generator, g: _Grid, subject: _Subject) -> tuple
         weight[box] = np.where(stronger, w, weight[box])
         target[box] = np.where(stronger, np.float32(rng.uniform(0.74, 0.86)), target[box])
     mask = weight > 0
-    heterogeneity = 1.0 + 0.08 * _smooth_noise(rng, shape, g.sigma_px(1.2))
+    heterogeneity = 1.0 + 0.08 * smooth_noise(rng, shape, g.sigma_px(1.2))
     increase = np.maximum(target * heterogeneity - subject.clean, 0.12)
     img = subject.clean.copy()
     img[mask] += (weight * increase)[mask]
@@ -372,7 +359,7 @@ def make_subject_pair(
         TypeError: if ``rng`` is not a ``numpy.random.Generator``.
         ValueError: if ``shape`` is not 2D or 3D, the in-plane size is below 32 or the depth below 8.
     """
-    _check_rng(rng)
+    check_rng(rng)
     g = _grid(rng, _check_shape(shape))
     subject = _render(rng, g)
     with_lesion, mask = _add_lesions(rng, g, subject)
@@ -415,7 +402,7 @@ def make_slice(
         >>> image.shape, image.dtype, int(mask.max())
         ((64, 64), dtype('float32'), 1)
     """
-    _check_rng(rng)
+    check_rng(rng)
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < _MIN_SIZE:
         msg = f"size: expected an int >= {_MIN_SIZE}, got {size!r}"
         raise ValueError(msg)
@@ -444,7 +431,7 @@ def make_volume(
         TypeError: if ``rng`` is not a ``numpy.random.Generator``.
         ValueError: if ``shape`` is not 3D or is too small.
     """
-    _check_rng(rng)
+    check_rng(rng)
     checked = _check_shape(shape)
     if len(checked) != 3:
         msg = f"shape: expected 3 dimensions (H, W, D), got {len(checked)} in {checked}"

@@ -22,6 +22,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from common.checkpoint import read_description
+from common.training import read_state_dict
 from tests.bundles.conftest import REPO_ROOT, SCHEMA
 from tools.bundles import BundleRunError, run_bundle
 
@@ -36,6 +38,10 @@ METRIC_KEYS = (
     "dice",
     "volume_auroc",
 )
+
+
+NO_OVERRIDES: Mapping[str, Any] = {}
+"""Inference and evaluation pass no architecture keys: a trained ``model.pt`` describes its network."""
 
 
 def configs_dir(bundle: str) -> Path:
@@ -127,8 +133,14 @@ def train(bundle: str, overrides: Mapping[str, Any], out: Path, timeout: int = 6
 
 
 def check_checkpoint_calibrated(checkpoint: Path, image_size: list[int], score_method: str) -> dict[str, Any]:
-    """The final checkpoint holds finite thresholds, fitted feature statistics and the training settings."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    """The final checkpoint holds finite thresholds, fitted feature statistics, the training settings and the
+    network's description (``common.checkpoint``): its constructor arguments and the bundle's name and version."""
+    description = read_description(checkpoint)
+    assert description is not None and description["arguments"]["image_size"] == image_size
+    metadata = json.loads((configs_dir(description["bundle"]["id"]) / "metadata.json").read_text())
+    assert description["bundle"]["version"] == metadata["version"]
+    assert description["bundle"]["name"] == metadata["name"]
+    state = read_state_dict(checkpoint)
     assert np.isfinite(float(state["calibration.pixel_threshold"]))
     assert np.isfinite(float(state["calibration.image_threshold"]))
     settings = state["calibration._extra_state"]
@@ -262,3 +274,55 @@ def train_and_evaluate(
         timeout=timeouts[1],
     )
     return json.loads((out / "eval" / "metrics.json").read_text())
+
+
+def check_checkpoint_describes_its_network(
+    bundle: str,
+    trained_overrides: Mapping[str, Any],
+    checkpoint: Path,
+    volume: Path,
+    conflict: tuple[str, Any],
+    tmp_path: Path,
+) -> None:
+    """``model.pt`` alone rebuilds the network; a conflicting override is one line; an old checkpoint still loads.
+
+    Args:
+        bundle: bundle name.
+        trained_overrides: the architecture overrides the checkpoint was trained with.
+        checkpoint: a ``model.pt`` written by ``train.json``.
+        volume: a NIfTI volume to run inference on.
+        conflict: an architecture key and a value other than the trained one.
+        tmp_path: scratch folder.
+    """
+    inputs = tmp_path / "in"
+    (inputs / "brain_mask").mkdir(parents=True)
+    (inputs / volume.name).write_bytes(volume.read_bytes())
+    brain_mask = volume.parents[2] / "brain_mask" / volume.parent.name / volume.name
+    (inputs / "brain_mask" / volume.name).write_bytes(brain_mask.read_bytes())
+    key, value = conflict
+    with pytest.raises(BundleRunError) as info:
+        run_bundle(
+            bundle,
+            "inference.json",
+            "run",
+            {key: value, "dataset_dir": inputs, "output_dir": tmp_path / "conflict", "ckpt_path": checkpoint},
+            timeout=300,
+        )
+    message = str(info.value)
+    assert f"{key}={json.dumps(value)} was given but the model was trained with {key}=" in message, message
+    assert "size mismatch" not in message, message
+
+    # A checkpoint written before descriptions existed: the state dict alone; the config's values apply, as before.
+    old = tmp_path / "old" / "model.pt"
+    old.parent.mkdir()
+    torch.save({"model": read_state_dict(checkpoint)}, old)
+    assert read_description(old) is None
+    out = tmp_path / "old_out"
+    run_bundle(
+        bundle,
+        "inference.json",
+        "run",
+        {**trained_overrides, "dataset_dir": inputs, "output_dir": out, "ckpt_path": old},
+        timeout=300,
+    )
+    assert (out / volume.name.replace(".nii.gz", "_anomaly.nii.gz")).is_file()

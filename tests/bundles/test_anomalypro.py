@@ -18,8 +18,10 @@ from torch.utils.data import DataLoader
 
 from common.data import discover_dataset
 from common.scoring import MapScorer
+from common.training import read_state_dict
 from tests.bundles import contract
 from tests.bundles.conftest import REPO_ROOT, load_bundle_scripts, shared_dataset
+from tests.bundles.contract import NO_OVERRIDES
 from tools.bundles import run_bundle
 from tools.phantoms import write_dataset
 
@@ -424,7 +426,7 @@ def test_training_without_train_mixed_uses_train_good(tmp_path):
         {**TINY_TRAIN, "dataset_dir": data, "max_epochs": 1, "batch_size": 4, "ckpt_dir": tmp_path / "models"},
         timeout=300,
     )
-    settings = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["calibration._extra_state"]
+    settings = read_state_dict(tmp_path / "models" / "model.pt")["calibration._extra_state"]
     assert settings["preprocessing"]["set_a"] == "train/good"
     assert settings["model_selection"]["criterion"] == "last_epoch"
 
@@ -432,7 +434,7 @@ def test_training_without_train_mixed_uses_train_good(tmp_path):
 def test_nifti_folder_inference_writes_maps_healthy_images_and_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
     lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
     rows = contract.check_nifti_inference_skips_bad_files(
-        "anomalypro", TINY, trained_tiny, lesion, tmp_path, extra_outputs=("mask", "healthy")
+        "anomalypro", NO_OVERRIDES, trained_tiny, lesion, tmp_path, extra_outputs=("mask", "healthy")
     )
     healthy = nib.load(tmp_path / "out" / lesion.name.replace(".nii.gz", "_healthy.nii.gz")).get_fdata()
     assert np.isfinite(healthy).all() and healthy.min() >= 0.0 and healthy.max() <= 1.0
@@ -441,8 +443,15 @@ def test_nifti_folder_inference_writes_maps_healthy_images_and_skips_bad_files(p
     assert float(rows[0]["volume_score"]) == pytest.approx(np.mean(slice_scores), rel=1e-4)
 
 
+def test_model_pt_alone_rebuilds_the_network(phantoms_3d, trained_tiny, tmp_path):
+    lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
+    contract.check_checkpoint_describes_its_network(
+        "anomalypro", TINY, trained_tiny, lesion, ("channels", 16), tmp_path
+    )
+
+
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    contract.check_evaluation_outputs("anomalypro", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
+    contract.check_evaluation_outputs("anomalypro", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from common.flows import LocalFlowOutput
 from tests.bundles import contract
 from tests.bundles.conftest import load_bundle_scripts, shared_dataset
+from tests.bundles.contract import NO_OVERRIDES
 from tools.phantoms import write_dataset
 
 # A tiny network for fast CPU tests (paper: 256 x 256 inputs, 6 dynamic flow modules per branch, hidden = input).
@@ -294,11 +295,11 @@ def test_training_writes_checkpoint_with_calibration(trained_tiny):
 
 def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
     lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    contract.check_nifti_inference_skips_bad_files("dnfad", TINY, trained_tiny, lesion, tmp_path)
+    contract.check_nifti_inference_skips_bad_files("dnfad", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
 
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    contract.check_evaluation_outputs("dnfad", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
+    contract.check_evaluation_outputs("dnfad", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 @pytest.mark.parametrize("layout", ["empty", "no-train-good"], ids=["empty", "no-train-good"])

@@ -10,6 +10,7 @@ import torch
 
 from tests.bundles import contract
 from tests.bundles.conftest import load_bundle_scripts, shared_dataset
+from tests.bundles.contract import NO_OVERRIDES
 from tools.phantoms import write_dataset
 
 # A tiny network for fast CPU tests (paper: 256 x 256, 15 blocks, hidden width 128).
@@ -103,11 +104,16 @@ def test_training_writes_checkpoint_with_calibration(trained_tiny):
 
 def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
     lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    contract.check_nifti_inference_skips_bad_files("ms_nf", TINY, trained_tiny, lesion, tmp_path)
+    contract.check_nifti_inference_skips_bad_files("ms_nf", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
+
+
+def test_model_pt_alone_rebuilds_the_network(phantoms_3d, trained_tiny, tmp_path):
+    lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
+    contract.check_checkpoint_describes_its_network("ms_nf", TINY, trained_tiny, lesion, ("n_blocks", 3), tmp_path)
 
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    contract.check_evaluation_outputs("ms_nf", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
+    contract.check_evaluation_outputs("ms_nf", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 @pytest.mark.parametrize("layout", ["empty", "no-train-good"], ids=["empty", "no-train-good"])

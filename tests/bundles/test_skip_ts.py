@@ -13,6 +13,7 @@ import torch
 
 from tests.bundles import contract
 from tests.bundles.conftest import REPO_ROOT, load_bundle_scripts, shared_dataset
+from tests.bundles.contract import NO_OVERRIDES
 from tools.phantoms import write_dataset
 
 BUNDLE = REPO_ROOT / "bundles" / "skip_ts"
@@ -314,12 +315,12 @@ def test_training_writes_checkpoint_with_calibration(trained_tiny):
 
 def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
     lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    rows = contract.check_nifti_inference_skips_bad_files("skip_ts", TINY, trained_tiny, lesion, tmp_path)
+    rows = contract.check_nifti_inference_skips_bad_files("skip_ts", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
     assert len(rows) == nib.load(lesion).shape[2]  # one row per slice
 
 
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
-    contract.check_evaluation_outputs("skip_ts", TINY, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
+    contract.check_evaluation_outputs("skip_ts", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
 
 def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):

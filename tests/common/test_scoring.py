@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.scoring import Calibration, MapScorer, calibrate_thresholds, volume_score
+from common.scoring import PIXEL_RULES, Calibration, MapScorer, calibrate_thresholds, pixel_threshold, volume_score
 
 # one 2x3 map: [[1, 2, 3], [4, 5, 6]], foreground [[1, 1, 0], [0, 1, 0]] (pixels 1, 2 and 5 inside)
 MAP = torch.tensor([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]])
@@ -238,3 +238,91 @@ def test_topk_probability_does_not_underflow_and_ranks_like_the_probability_scor
     paper = [float((1.0 - torch.exp(-m.double())).flatten().topk(1).values.mean()) for m in mild]
     ours = scorer.image_scores(mild).tolist()
     assert np.argsort(paper).tolist() == np.argsort(ours).tolist()
+
+
+# --- pixel_threshold -----------------------------------------------------------------------------------------------
+
+
+def _normal_slices(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random(size) * (1.0 + i) for i, size in enumerate((7, 30, 1, 12, 25))]
+
+
+def test_pixel_rules() -> None:
+    assert PIXEL_RULES == ("pixel_quantile", "slice_max")
+
+
+@pytest.mark.parametrize("value", [0.5, 0.9, 0.999])
+def test_pixel_quantile_is_the_quantile_of_all_pixels(value: float) -> None:
+    slices = _normal_slices()
+    expected = float(np.quantile(np.concatenate(slices), value))
+    assert pixel_threshold(slices, "pixel_quantile", value) == pytest.approx(expected)
+    # 2D slices are flattened the same way
+    assert pixel_threshold([s.reshape(1, -1) for s in slices], "pixel_quantile", value) == pytest.approx(expected)
+    assert pixel_threshold(slices) == pytest.approx(float(np.quantile(np.concatenate(slices), 0.999)))  # defaults
+
+
+@pytest.mark.parametrize("value", [0.05, 0.2, 0.5])
+def test_slice_max_is_the_quantile_of_slice_maxima(value: float) -> None:
+    slices = _normal_slices(1)
+    expected = float(np.quantile([s.max() for s in slices], 1.0 - value))
+    assert pixel_threshold(slices, "slice_max", value) == pytest.approx(expected)
+    assert expected != pytest.approx(float(np.quantile(np.concatenate(slices), 1.0 - value)))
+
+
+def test_slice_max_flags_the_target_fraction_of_normal_slices() -> None:
+    # 20 slices, slice i holds (0, i - 0.5, i) for i = 1..20: maxima 1..20; the 0.9 quantile is 1 + 0.9 * 19 = 18.1
+    slices = [np.array([[0.0, i - 0.5], [i, 0.25]]) for i in range(1, 21)]
+    threshold = pixel_threshold(slices, "slice_max", 0.1)
+    assert threshold == pytest.approx(18.1)
+    flagged = [bool((s > threshold).any()) for s in slices]
+    assert sum(flagged) == 2 and flagged[-2:] == [True, True]  # exactly 10 % of the slices get a non-empty mask
+    # the 0.9 pixel quantile over the same 80 pixels is lower (index 71.1 of the sorted pixels) and flags 4 slices
+    pixel = pixel_threshold(slices, "pixel_quantile", 0.9)
+    assert pixel == pytest.approx(16.05)
+    assert sum(bool((s > pixel).any()) for s in slices) == 4
+
+
+@pytest.mark.parametrize("rule", PIXEL_RULES)
+def test_empty_slices_are_ignored(rule: str) -> None:
+    slices = _normal_slices(2)
+    with_empty = [np.zeros(0), *slices[:2], np.zeros((0, 3)), *slices[2:], []]
+    assert pixel_threshold(with_empty, rule, 0.2) == pytest.approx(pixel_threshold(slices, rule, 0.2))
+
+
+def test_calibrate_thresholds_uses_the_pixel_rule() -> None:
+    slices = _normal_slices(3)
+    images = np.arange(10.0)
+    pixel, image = calibrate_thresholds(slices, images, image_fpr=0.1, pixel_rule="slice_max", pixel_slice_fpr=0.25)
+    assert pixel == pytest.approx(float(np.quantile([s.max() for s in slices], 0.75)))
+    assert image == pytest.approx(float(np.quantile(images, 0.9)))
+    pixel, _ = calibrate_thresholds(slices, images, pixel_quantile=0.8)
+    assert pixel == pytest.approx(float(np.quantile(np.concatenate(slices), 0.8)))
+
+
+BAD_PIXEL_THRESHOLD_CASES = [
+    # unknown rule
+    ({"rule": "median"}, r"pixel threshold rule must be one of \('pixel_quantile', 'slice_max'\), got 'median'"),
+    # value 0
+    ({"value": 0.0}, r"the pixel_quantile value must be in \(0, 1\), got 0.0"),
+    # value 1
+    ({"rule": "slice_max", "value": 1.0}, r"the slice_max value must be in \(0, 1\), got 1.0"),
+    # negative value
+    ({"rule": "slice_max", "value": -0.1}, r"the slice_max value must be in \(0, 1\)"),
+    # value above 1
+    ({"value": 1.5}, r"the pixel_quantile value must be in \(0, 1\)"),
+    # no slice
+    ({"normal_slice_pixels": []}, "calibration needs normal foreground pixels, got none"),
+    # only empty slices
+    ({"normal_slice_pixels": [np.zeros(0), np.zeros((2, 0))]}, "calibration needs normal foreground pixels"),
+    # only empty slices, slice_max
+    ({"normal_slice_pixels": [np.zeros(0)], "rule": "slice_max"}, "calibration needs normal foreground pixels"),
+]
+BAD_PIXEL_THRESHOLD_IDS = ["rule", "value-0", "value-1", "value-negative", "value-1.5", "none", "empty", "empty-max"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), BAD_PIXEL_THRESHOLD_CASES, ids=BAD_PIXEL_THRESHOLD_IDS)
+def test_pixel_threshold_errors(kwargs: dict, match: str) -> None:
+    arguments = {"normal_slice_pixels": [np.ones(4)], "rule": "pixel_quantile", "value": 0.5} | kwargs
+    with pytest.raises(ValueError, match=match):
+        pixel_threshold(**arguments)

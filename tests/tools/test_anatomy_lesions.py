@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tools.anatomy_lesions import DEFAULT_CONTRAST, implant_lesions, write_anatomy_dataset
+from tools.anatomy_lesions import DEFAULT_CONTRAST, implant_lesions, write_anatomy_dataset, write_lesion_twins
+from tools.anatomy_lesions import main as lesions_main
 from tools.phantoms import main
 
 IXI_T1 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ixi_t1"
@@ -302,3 +303,99 @@ def test_ixi_t1_lesion_set(tmp_path: Path) -> None:
         assert after[mask].mean() > np.percentile(before[brain], 95)
         assert np.asanyarray(lesioned.dataobj.get_unscaled())[mask].max() < 255
     assert 0.001 <= total_lesion / total_brain <= 0.03
+
+
+# --- write_lesion_twins ------------------------------------------------------------------------------------------
+
+TWINS = [NAMES[1], NAMES[4]]
+
+
+def test_lesion_twins_layout_and_contents(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "val"
+    lesion_ml = write_lesion_twins(source, out, TWINS, seed=1)
+    assert sorted(lesion_ml) == sorted(TWINS)
+    for folder in ("test/good", "test/lesion", "ground_truth/lesion", "brain_mask/good", "brain_mask/lesion"):
+        assert _names(out / folder) == sorted(TWINS), folder
+    assert sorted(p.name for p in out.iterdir()) == ["brain_mask", "ground_truth", "test"]
+    assert len([p for p in out.rglob("*") if p.is_file()]) == 5 * len(TWINS)  # no temporary file left
+    for name in TWINS:
+        source_bytes = (source / "train" / "good" / name).read_bytes()
+        assert (out / "test" / "good" / name).read_bytes() == source_bytes
+        mask_bytes = (source / "brain_mask" / "good" / name).read_bytes()
+        assert (out / "brain_mask" / "good" / name).read_bytes() == mask_bytes
+        assert (out / "brain_mask" / "lesion" / name).read_bytes() == mask_bytes
+        original = nib.load(source / "train" / "good" / name)
+        lesioned = nib.load(out / "test" / "lesion" / name)
+        truth = np.asanyarray(nib.load(out / "ground_truth" / "lesion" / name).dataobj)
+        brain = np.asanyarray(nib.load(source / "brain_mask" / "good" / name).dataobj) > 0
+        np.testing.assert_array_equal(lesioned.affine, original.affine)
+        assert lesioned.dataobj.slope == pytest.approx(SLOPE)
+        assert set(np.unique(truth)) == {0, 1}
+        before, after = original.get_fdata(), lesioned.get_fdata()
+        np.testing.assert_array_equal(after != before, truth == 1)  # the twin differs only inside its lesion mask
+        assert not (truth.astype(bool) & ~brain).any()
+        assert (after[truth == 1] > before[truth == 1]).all()
+        assert lesion_ml[name] == pytest.approx(truth.sum() * 8.0 / 1000.0)
+
+
+def test_lesion_twins_reproducible_and_seeded(source: Path, tmp_path: Path) -> None:
+    names = [NAMES[2]]
+    first = write_lesion_twins(source, tmp_path / "a", names, seed=7)
+    again = write_lesion_twins(source, tmp_path / "b", names, seed=7)
+    other = write_lesion_twins(source, tmp_path / "c", names, seed=8)
+    assert first == again
+    for folder in ("test/lesion", "ground_truth/lesion"):
+        path = Path(folder) / names[0]
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes()
+    masks = [np.asanyarray(nib.load(tmp_path / run / "ground_truth" / "lesion" / names[0]).dataobj) for run in "ac"]
+    assert masks[0].any() and masks[1].any()
+    assert not np.array_equal(masks[0], masks[1])
+    assert first != other
+    # the healthy copy does not depend on the seed
+    good = [(tmp_path / run / "test" / "good" / names[0]).read_bytes() for run in "ac"]
+    assert good[0] == good[1]
+
+
+def test_lesion_twins_match_the_test_set_lesions_of_the_same_seed(source: Path, tmp_path: Path) -> None:
+    summary = write_anatomy_dataset(source, tmp_path / "test_set", n_train=3, seed=7)
+    name = summary["test_lesion"][0]
+    assert write_lesion_twins(source, tmp_path / "twins", [name], seed=7) == {name: summary["lesion_ml"][name]}
+    for folder in ("test/lesion", "ground_truth/lesion"):
+        path = Path(folder) / name
+        assert (tmp_path / "twins" / path).read_bytes() == (tmp_path / "test_set" / path).read_bytes()
+
+
+def test_lesion_twins_errors(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"train/good/missing\.nii\.gz: not found"):
+        write_lesion_twins(source, out, [NAMES[0], "missing.nii.gz"])
+    no_mask = tmp_path / "no_mask"
+    _save(_head()[0], no_mask / "train" / "good" / NAMES[0])
+    with pytest.raises(ValueError, match=rf"brain_mask/good/{NAMES[0]}: not found"):
+        write_lesion_twins(no_mask, out, [NAMES[0]])
+    with pytest.raises(ValueError, match="names: no volume named"):
+        write_lesion_twins(source, out, [])
+    with pytest.raises(ValueError, match="seed"):
+        write_lesion_twins(source, out, [NAMES[0]], seed=-1)
+    assert not out.exists()  # names are checked before anything is written
+
+
+def test_lesion_twins_cli(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    assert lesions_main([str(source), str(out), "--names", *TWINS, "--seed", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(TWINS)
+    for line, name in zip(lines, TWINS, strict=True):
+        truth = np.asanyarray(nib.load(out / "ground_truth" / "lesion" / name).dataobj)
+        assert line == f"{name}: {truth.sum() * 8.0 / 1000.0:.1f} ml of lesion"
+    assert _names(out / "test" / "lesion") == sorted(TWINS)
+
+    assert lesions_main([str(source), str(tmp_path / "bad"), "--names", "nope.nii.gz"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1
+    assert error[0].startswith("python -m tools.anatomy_lesions: error: ") and "nope.nii.gz: not found" in error[0]
+    assert lesions_main([str(source), str(tmp_path / "bad")]) == 2  # --names is required
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

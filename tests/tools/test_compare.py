@@ -17,8 +17,7 @@ from common.data import discover_dataset, file_stem, load_image
 from common.metrics import aupro
 from tools.compare.cli import main, parse_scoped_overrides
 from tools.compare.figures import FIGURES
-from tools.compare.report import aggregate, aggregate_runs, format_stat, json_safe, markdown_table
-from tools.compare.runner import one_line_error
+from tools.compare.report import aggregate, aggregate_runs, format_stat, json_safe, markdown_table, one_line_error
 from tools.phantoms import write_dataset
 
 OK_BUNDLES = ("ms_nf", "skip_ts")

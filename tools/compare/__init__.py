@@ -19,8 +19,8 @@ torch threads and software versions), ``test_set`` (files, 2D/3D, slices, abnorm
 ``cost`` (the same stats for ``train_s``, ``slices_per_s``, ``volume_s``, ``peak_memory_mib``, ``parameters``,
 ``gflops_per_slice``) and ``benchmark`` (the full :func:`tools.benchmark.run_benchmark` result).
 
-Modules: :mod:`tools.compare.cli` (command line), :mod:`tools.compare.runner` (the runs),
-:mod:`tools.compare.predictions` (reading the written maps back), :mod:`tools.compare.report` (aggregation and
-tables), :mod:`tools.compare.figures` (the comparison figures) and :mod:`tools.compare.peers` (optional anomalib
-reference models).
+Modules: :mod:`tools.compare.cli` (command line), :mod:`tools.compare.settings` (what to compare),
+:mod:`tools.compare.runner` (the runs), :mod:`tools.compare.predictions` (reading the written maps back),
+:mod:`tools.compare.report` (aggregation, tables and one-line errors), :mod:`tools.compare.figures` (the comparison
+figures) and :mod:`tools.compare.peers` (optional anomalib reference models).
 """

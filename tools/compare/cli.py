@@ -25,7 +25,8 @@ from common.io import atomic_output
 from tools.arguments import OneLineArgumentParser, UsageError
 from tools.benchmark import parse_overrides
 from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, markdown_table
-from tools.compare.runner import CompareSettings, compare
+from tools.compare.runner import compare
+from tools.compare.settings import CompareSettings
 
 __all__ = ["ALL_BUNDLES", "build_parser", "main", "parse_checkpoints", "parse_scoped_overrides", "settings_from_args"]
 
@@ -130,7 +131,7 @@ def _positive(name: str, value: int | float | None) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, command: str = "") -> CompareSettings:
-    """:class:`~tools.compare.runner.CompareSettings` from parsed arguments (validated; paths made absolute).
+    """:class:`~tools.compare.settings.CompareSettings` from parsed arguments (validated; paths made absolute).
 
     Raises:
         ValueError: for an empty bundle list, a missing dataset, bad sizes, overrides or checkpoints.

@@ -22,10 +22,10 @@ import numpy as np
 from common.data import discover_dataset, load_image
 from common.metrics import evaluate_anomaly_detection
 from tools.compare.predictions import SlicePredictions
-from tools.compare.report import aggregate, aggregate_runs
+from tools.compare.report import aggregate, aggregate_runs, one_line_error
 
 if TYPE_CHECKING:
-    from tools.compare.runner import CompareSettings
+    from tools.compare.settings import CompareSettings
 
 __all__ = ["PEERS", "check_peers", "run_peers"]
 
@@ -136,8 +136,6 @@ def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, 
                 first = first or pred
                 step.done()
         except Exception as error:  # anomalib raises many types; the row reports it and the comparison goes on
-            from tools.compare.runner import one_line_error
-
             row.update(status="failed", error=one_line_error(error))
             step.done(len(settings.seeds) - len(row["runs"]))
             yield row, None

@@ -2,13 +2,15 @@
 
 Every figure of a bundle is the mean over its seeds with the sample standard deviation (``ddof=1``; 0 for a single
 seed). Undefined values (``None``, NaN: e.g. a volume AUROC without normal volumes) are left out of the mean and shown
-as ``–`` when no seed has one.
+as ``–`` when no seed has one. A model that fails gets one line in its row's ``error`` (:func:`one_line_error`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
@@ -24,6 +26,7 @@ __all__ = [
     "json_safe",
     "markdown_report",
     "markdown_table",
+    "one_line_error",
 ]
 
 DETECTION_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -116,6 +119,20 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+_ERROR_LINE = re.compile(r"(\b\w*(Error|Exception)\b: |Error: | - ERROR - )")
+
+
+def one_line_error(error: BaseException, limit: int = 300) -> str:
+    """The most telling line of an error: the last ``...Error: ...`` line of a bundle's output, else the first line."""
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"timed out after {error.timeout:.0f} s"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    matches = [line for line in lines[1:] if _ERROR_LINE.search(line)]
+    line = matches[-1] if matches else lines[0]
+    line = line.split(" - ERROR - ", 1)[-1]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], section: str) -> str:

@@ -21,7 +21,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,59 +34,12 @@ from tools.benchmark import DEFAULT_VOLUME_SHAPE, _resolve_device, environment_i
 from tools.bundles import BundleRunError, bundle_dir, run_bundle
 from tools.compare.figures import save_comparison_figures
 from tools.compare.predictions import SlicePredictions, load_predictions
-from tools.compare.report import aggregate, aggregate_runs, json_safe, markdown_report
+from tools.compare.report import aggregate, aggregate_runs, json_safe, markdown_report, one_line_error
+from tools.compare.settings import CompareSettings
 
-__all__ = ["CONFIGS", "CompareSettings", "compare", "config_overrides", "one_line_error"]
+__all__ = ["CONFIGS", "compare", "config_overrides"]
 
 CONFIGS = ("train.json", "inference.json", "evaluate.json")
-
-
-@dataclass
-class CompareSettings:
-    """What to compare and how.
-
-    Attributes:
-        dataset: the test dataset (DESIGN.md layout with ``test/`` and ``ground_truth/``).
-        bundles: bundle names under ``bundles/``.
-        output_dir: where everything is written.
-        seeds: one training (and evaluation) per seed.
-        train_dataset: the dataset to train on; ``None``: ``dataset``.
-        max_epochs: training epochs; ``None``: each config's default.
-        batch_size: training batch size; ``None``: each config's default.
-        image_size: network input ``[H, W]``; ``None``: each config's default.
-        device: ``cpu``, ``cuda`` or ``cuda:N``; ``None``: CUDA when available, else the CPU.
-        overrides: config ids and values for every bundle (each goes to the configs that define its top-level id).
-        bundle_overrides: per bundle, more overrides (after ``overrides``).
-        checkpoints: per bundle, a ``model.pt`` to evaluate instead of training (one run, no seeds).
-        peers: anomalib reference models to add (:mod:`tools.compare.peers`).
-        bench_batch_size: slices per forward pass in the benchmark.
-        bench_iterations: timed forward passes in the benchmark.
-        volume_shape: the benchmark's synthetic volume; ``None``: the first test volume's shape for a 3D test set,
-            else 240 x 240 x 155.
-        n_overlays: test slices in the overlay grid.
-        timeout_s: seconds before one bundle command is stopped (``None``: no limit).
-        command: the command line, recorded in the report.
-    """
-
-    dataset: Path
-    bundles: list[str]
-    output_dir: Path
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    train_dataset: Path | None = None
-    max_epochs: int | None = None
-    batch_size: int | None = None
-    image_size: list[int] | None = None
-    device: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    bundle_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    checkpoints: dict[str, Path] = field(default_factory=dict)
-    peers: list[str] = field(default_factory=list)
-    bench_batch_size: int = 8
-    bench_iterations: int = 3
-    volume_shape: tuple[int, int, int] | None = None
-    n_overlays: int = 6
-    timeout_s: float | None = None
-    command: str = ""
 
 
 def _config_ids(bundle: str, config: str) -> set[str]:
@@ -112,20 +65,6 @@ def config_overrides(bundle: str, overrides: Mapping[str, Any]) -> dict[str, dic
         msg = f"override {unknown[0]!r}: no such id in bundles/{bundle}/configs/{{{','.join(CONFIGS)}}}"
         raise ValueError(msg)
     return {c: {k: v for k, v in overrides.items() if k.split("#")[0] in ids[c]} for c in CONFIGS}
-
-
-_ERROR_LINE = re.compile(r"(\b\w*(Error|Exception)\b: |Error: | - ERROR - )")
-
-
-def one_line_error(error: BaseException, limit: int = 300) -> str:
-    """The most telling line of an error: the last ``...Error: ...`` line of a bundle's output, else the first line."""
-    if isinstance(error, subprocess.TimeoutExpired):
-        return f"timed out after {error.timeout:.0f} s"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    matches = [line for line in lines[1:] if _ERROR_LINE.search(line)]
-    line = matches[-1] if matches else lines[0]
-    line = line.split(" - ERROR - ", 1)[-1]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt): ")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from common.checkpoint import records_arguments
 from common.scoring import Calibration
 
 __all__ = [
@@ -87,6 +88,7 @@ class _ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+@records_arguments(runtime=())
 class AnomalyProGenerator(nn.Module):
     """Encoder-decoder generator of AnomalyPro / Brainomaly: input → (``B_int``, ``M``) → ``B₀`` (eq. 2).
 

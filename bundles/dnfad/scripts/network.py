@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
+from common.checkpoint import records_arguments
 from common.checks import check_bool, check_image_size, check_int_at_least, check_non_negative
 from common.flows import (
     LocalFlowOutput,
@@ -55,6 +56,7 @@ class DNFADTrainOutput(NamedTuple):
     pixel_flow: LocalFlowOutput | None
 
 
+@records_arguments(runtime=("backbone_weights", "feature_noise", "seed"))
 class DNFAD(nn.Module):
     """Dual-branch normalizing flow anomaly detector.
 

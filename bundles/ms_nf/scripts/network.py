@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
+from common.checkpoint import records_arguments
 from common.checks import check_image_size, check_non_negative
 from common.flows import (
     LocalFlowOutput,
@@ -44,6 +45,7 @@ class MSNFTrainOutput(NamedTuple):
     flows: list[LocalFlowOutput]
 
 
+@records_arguments(runtime=("backbone_weights", "feature_noise", "seed"))
 class MSNF(nn.Module):
     """Multi-scale normalizing flow anomaly detector.
 

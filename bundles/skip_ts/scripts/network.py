@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import FeatureExtractor
+from common.checkpoint import records_arguments
 from common.checks import check_bool, check_image_size
 from common.scoring import Calibration
 
@@ -191,6 +192,7 @@ class StudentDecoder(nn.Module):
         return student
 
 
+@records_arguments(runtime=("teacher_weights", "from_checkpoint"))
 class SkipTS(nn.Module):
     """Skip-TS teacher-student anomaly detector (Liu et al., IEEE TIM 2024).
 

@@ -1,0 +1,61 @@
+"""What a comparison runs: the settings shared by the runner, the command line and the anomalib peers.
+
+:func:`tools.compare.cli.settings_from_args` builds a :class:`CompareSettings`, :func:`tools.compare.runner.compare`
+runs it and :mod:`tools.compare.peers` reads it; all three import it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CompareSettings"]
+
+
+@dataclass
+class CompareSettings:
+    """What to compare and how.
+
+    Attributes:
+        dataset: the test dataset (DESIGN.md layout with ``test/`` and ``ground_truth/``).
+        bundles: bundle names under ``bundles/``.
+        output_dir: where everything is written.
+        seeds: one training (and evaluation) per seed.
+        train_dataset: the dataset to train on; ``None``: ``dataset``.
+        max_epochs: training epochs; ``None``: each config's default.
+        batch_size: training batch size; ``None``: each config's default.
+        image_size: network input ``[H, W]``; ``None``: each config's default.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; ``None``: CUDA when available, else the CPU.
+        overrides: config ids and values for every bundle (each goes to the configs that define its top-level id).
+        bundle_overrides: per bundle, more overrides (after ``overrides``).
+        checkpoints: per bundle, a ``model.pt`` to evaluate instead of training (one run, no seeds).
+        peers: anomalib reference models to add (:mod:`tools.compare.peers`).
+        bench_batch_size: slices per forward pass in the benchmark.
+        bench_iterations: timed forward passes in the benchmark.
+        volume_shape: the benchmark's synthetic volume; ``None``: the first test volume's shape for a 3D test set,
+            else 240 x 240 x 155.
+        n_overlays: test slices in the overlay grid.
+        timeout_s: seconds before one bundle command is stopped (``None``: no limit).
+        command: the command line, recorded in the report.
+    """
+
+    dataset: Path
+    bundles: list[str]
+    output_dir: Path
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_dataset: Path | None = None
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    image_size: list[int] | None = None
+    device: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    bundle_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    peers: list[str] = field(default_factory=list)
+    bench_batch_size: int = 8
+    bench_iterations: int = 3
+    volume_shape: tuple[int, int, int] | None = None
+    n_overlays: int = 6
+    timeout_s: float | None = None
+    command: str = ""
