@@ -19,3 +19,9 @@ def threshold_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     low, high = np.percentile(volume, [0.5, 99.5])
     scaled = np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0)
     return compute_foreground(scaled.astype(np.float32))
+
+
+def simulated_preemption(engine: object) -> None:
+    """An event handler that stops a training run the way a pre-emption would (for the resume tests)."""
+    msg = f"simulated pre-emption at epoch {getattr(getattr(engine, 'state', None), 'epoch', '?')}"
+    raise RuntimeError(msg)

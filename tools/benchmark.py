@@ -1,8 +1,11 @@
 """Benchmark one bundle on the current device: model throughput, peak memory, one volume end to end, FLOPs.
 
 The network, the scorer and the slice settings are built from the bundle's own ``configs/inference.json`` (with
-``--override key=value`` applied), so the numbers always describe the configuration the bundle ships. The report has
-six parts:
+``--override key=value`` applied), so the numbers always describe the configuration the bundle ships. With
+``--checkpoint`` the config reads the architecture from that ``model.pt`` (:mod:`common.checkpoint`), as the bundle's
+inference does: a model trained with overrides is benchmarked without repeating them, and an override that
+contradicts the checkpoint is a one-line error. Without it, the config's architecture is used (that of the bundle's
+own ``models/model.pt`` when one exists) with random weights. The report has six parts:
 
 1. model-alone inference throughput (slices/s) at the network input size: inputs already on the device,
    ``torch.inference_mode()``, and on CUDA bf16 autocast (when the config's ``amp`` is on) and ``channels_last``;
@@ -196,13 +199,15 @@ def _bundle_on_path(path: Path) -> Iterator[None]:
 
 
 def build_components(
-    bundle: str, overrides: Mapping[str, Any] | None = None
+    bundle: str, overrides: Mapping[str, Any] | None = None, checkpoint: str | Path | None = None
 ) -> tuple[ConfigParser, nn.Module, Any, Any]:
     """Build ``network_def``, ``scorer`` and ``slice_settings`` from the bundle's ``configs/inference.json``.
 
     Args:
         bundle: bundle folder name under ``bundles/``.
         overrides: config ids (``#`` for nesting) and their values; every id must exist in the config.
+        checkpoint: the config's ``ckpt_path``: a ``model.pt`` that describes its network gives the architecture
+            (overrides still apply; the weights are not loaded here).
 
     Returns:
         ``(parser, network, scorer, slice_settings)``; the network is on the CPU, in eval mode.
@@ -216,6 +221,8 @@ def build_components(
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(root)
+    if checkpoint is not None:
+        parser["ckpt_path"] = str(checkpoint)
     for key, value in (overrides or {}).items():
         if key not in parser:
             top = sorted(k for k in parser.get() if not k.startswith("_") and k != "imports")
@@ -592,7 +599,8 @@ def run_benchmark(
             with ``volume``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None``: CUDA if available, else the CPU.
         overrides: ``inference.json`` ids and values (``{"n_blocks": 8}``), applied before ``image_size``.
-        checkpoint: ``model.pt`` to load (:func:`common.training.load_checkpoint`); ``None``: random weights.
+        checkpoint: ``model.pt`` to load (:func:`common.training.load_checkpoint`); it gives the architecture when it
+            describes its network. ``None``: random weights.
         warmup: untimed forward passes before the timed ones.
         seed: seed of the random inputs and of the synthetic volume.
         volume: a real 3D NIfTI volume for the brain extraction and the end-to-end time, instead of a synthetic one.
@@ -600,15 +608,17 @@ def run_benchmark(
             ``slice_settings.brain_extraction``; ``None`` keeps the bundle's.
 
     Returns:
-        A JSON-serialisable dict with ``bundle``, ``settings``, ``environment``, ``model`` (parameters, FLOPs),
-        ``throughput``, ``memory`` (``model``, ``end_to_end`` and ``brain_extraction``, ``None`` when not measured),
-        ``brain_extraction`` (``method``, ``measured``, ``s_per_volume``, ``first_call_s``, ``brain_volume_ml``,
-        ``device``, ``included_in_end_to_end``, ``reason``) and ``end_to_end`` (with ``brain_extraction`` and
-        ``brain_extraction_s_per_volume``).
+        A JSON-serialisable dict with ``bundle``, ``settings``, ``environment``, ``model`` (class, constructor
+        arguments, parameters, FLOPs), ``throughput``, ``memory`` (``model``, ``end_to_end`` and
+        ``brain_extraction``, ``None`` when not measured), ``brain_extraction`` (``method``, ``measured``,
+        ``s_per_volume``, ``first_call_s``, ``brain_volume_ml``, ``device``, ``included_in_end_to_end``, ``reason``)
+        and ``end_to_end`` (with ``brain_extraction`` and ``brain_extraction_s_per_volume``).
 
     Raises:
         ValueError: for an unknown bundle, a bad override, non-positive sizes or counts, an unusable device, an
-            unknown ``brain_extraction`` or a ``volume`` that is not a 3D NIfTI volume.
+            unknown ``brain_extraction``, a ``volume`` that is not a 3D NIfTI volume, an unreadable checkpoint or an
+            override that contradicts the checkpoint's architecture
+            (:class:`common.checkpoint.ArchitectureMismatchError`).
         FileNotFoundError: when ``checkpoint`` or ``volume`` does not exist.
     """
     batch_size = _positive_int("batch_size", batch_size)
@@ -632,7 +642,7 @@ def run_benchmark(
         check_brain_extraction(brain_extraction)
 
     logger.info("building %s from configs/inference.json (overrides %s)", bundle, overrides or "none")
-    parser, network, scorer, slice_settings = build_components(bundle, overrides)
+    parser, network, scorer, slice_settings = build_components(bundle, overrides, checkpoint)
     if brain_extraction is not None:
         if not dataclasses.is_dataclass(slice_settings) or not hasattr(slice_settings, "brain_extraction"):
             msg = f"--brain-extraction: {bundle}'s slice_settings have no brain_extraction setting"
@@ -704,6 +714,7 @@ def run_benchmark(
         "environment": environment_info(torch_device),
         "model": {
             "class": f"{type(network).__module__}.{type(network).__qualname__}",
+            "arguments": getattr(network, "constructor_arguments", None),
             "parameters_total": parameters["total"],
             "parameters_trainable": parameters["trainable"],
             "flops_per_slice": flops,
@@ -858,7 +869,9 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="inference.json override with a JSON value, repeatable (e.g. --override n_blocks=8)",
     )
-    parser.add_argument("--checkpoint", type=Path, help="model.pt to load (default: random weights)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="model.pt to load; it gives the architecture (default: random weights)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and volume (default 0)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,21 @@ def _format(value: Any) -> str:
 
 
 def bundle_command(
-    name: str, config: str, run_id: str = "run", overrides: Mapping[str, Any] | None = None
+    name: str,
+    config: str,
+    run_id: str = "run",
+    overrides: Mapping[str, Any] | None = None,
+    extra_configs: Sequence[str | Path] = (),
 ) -> list[str]:
-    """The ``python -m monai.bundle run`` command line for a bundle config with ``--key value`` overrides."""
-    config_file = bundle_dir(name) / "configs" / config
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config_file)]
+    """The ``python -m monai.bundle run`` command line for a bundle config with ``--key value`` overrides.
+
+    ``extra_configs`` are merged after the bundle's config (MONAI's list form of ``--config_file``), e.g.
+    ``tools/configs/time_limit.json``.
+    """
+    config_file = str(bundle_dir(name) / "configs" / config)
+    if extra_configs:
+        config_file = repr([config_file, *(str(Path(c).resolve()) for c in extra_configs)])
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_file]
     for key, value in (overrides or {}).items():
         command += [f"--{key}", _format(value)]
     return command
@@ -60,6 +70,7 @@ def run_bundle(
     overrides: Mapping[str, Any] | None = None,
     log_file: str | Path | None = None,
     timeout: float | None = None,
+    extra_configs: Sequence[str | Path] = (),
 ) -> subprocess.CompletedProcess:
     """Run a bundle config from the repository root and return the finished process.
 
@@ -70,11 +81,12 @@ def run_bundle(
         overrides: config overrides (``{"dataset_dir": ..., "max_epochs": 2}``).
         log_file: write stdout and stderr there (else they are captured in the result).
         timeout: seconds before the run is killed.
+        extra_configs: configs merged after the bundle's (see :func:`bundle_command`).
 
     Raises:
         BundleRunError: when the command fails; the message ends with the last lines of its output.
     """
-    command = bundle_command(name, config, run_id, overrides)
+    command = bundle_command(name, config, run_id, overrides, extra_configs)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "w") as handle:

@@ -8,8 +8,11 @@ result loads in MONAI Label and runs with ``python -m monai.bundle run`` from th
 
     python -m tools.export_bundle ms_nf OUT --checkpoint bundles/ms_nf/models/model.pt --zip
 
-Settings the model was trained with that differ from the config defaults (its architecture: ``image_size``,
-``n_blocks``...) are baked in with ``--set KEY=VALUE``.
+The architecture needs no settings: ``models/model.pt`` describes its network (:mod:`common.checkpoint`) and the
+exported configs read ``image_size``, ``n_blocks``... from it, so a model trained with any overrides exports as it is.
+Other config values are baked in with ``--set KEY=VALUE`` (e.g. ``--set score_method=max``); a value that contradicts
+the checkpoint's architecture is refused. Only a checkpoint written before descriptions existed needs its
+architecture given with ``--set``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.checkpoint import stored_arguments
 from common.io import atomic_output
 from tools.bundles import REPO_ROOT, bundle_dir
 
@@ -99,7 +103,7 @@ def rewrite_source(source: str) -> str:
 def rewrite_config(config: Any, settings: Mapping[str, Any] | None = None) -> Any:
     """Point every ``common.`` reference of a parsed config at ``scripts.common.``; ``bundle_root`` becomes ``"."``.
 
-    ``settings`` replace top-level values the config defines (e.g. the architecture a model was trained with).
+    ``settings`` replace top-level values the config defines (e.g. ``{"score_method": "max"}``).
     """
     if isinstance(config, dict) and settings:
         config = {key: settings.get(key, value) for key, value in config.items()}
@@ -143,6 +147,18 @@ def _vendor_common(target: Path, settings: Mapping[str, Any]) -> list[str]:
     return modules
 
 
+def _check_architecture(settings: Mapping[str, Any], checkpoint: Path) -> None:
+    """Refuse a setting that differs from the architecture ``checkpoint`` stores (it would fail when loaded)."""
+    stored = stored_arguments(checkpoint)
+    for key, value in settings.items():
+        if key in stored and json.loads(json.dumps(value)) != stored[key]:
+            msg = (
+                f"--set {key}={json.dumps(value)}: {checkpoint} was trained with {key}={json.dumps(stored[key])}; "
+                "drop the setting (the exported configs read the architecture from the checkpoint)"
+            )
+            raise ValueError(msg)
+
+
 def export_bundle(
     name: str,
     output_dir: str | Path,
@@ -159,14 +175,16 @@ def export_bundle(
         output_dir: where the export goes.
         checkpoint: the trained ``model.pt`` to ship.
         make_zip: also write a zip archive of the folder.
-        settings: config values to bake into every config that defines them, e.g. the architecture the model was
-            trained with (``{"image_size": [128, 128], "n_blocks": 8}``).
+        settings: config values to bake into every config that defines them (``{"score_method": "max"}``). The
+            architecture comes from the checkpoint, which describes its network (:mod:`common.checkpoint`); only a
+            checkpoint written before descriptions existed needs it here (``{"image_size": [128, 128]}``).
 
     Returns:
         The exported bundle folder.
 
     Raises:
-        ValueError: for an unknown bundle, an export folder that already exists, or a setting no config defines.
+        ValueError: for an unknown bundle, an export folder that already exists, a setting no config defines, a
+            setting that contradicts the architecture the checkpoint stores, or an unreadable checkpoint.
         FileNotFoundError: when the checkpoint does not exist.
     """
     source = bundle_dir(name)
@@ -180,6 +198,7 @@ def export_bundle(
     if unknown:
         msg = f"settings {unknown} are not defined by any config of bundle {name!r}"
         raise ValueError(msg)
+    _check_architecture(settings, checkpoint)
     output_dir = Path(output_dir)
     target = output_dir / name
     if target.exists():
@@ -226,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config value to bake in (JSON value, e.g. image_size=[128,128]); use the training overrides",
+        help="config value to bake in (JSON value, e.g. score_method=max); the architecture comes from the "
+        "checkpoint, give it only for a checkpoint that does not describe its network",
     )
     parser.add_argument("--zip", action="store_true", help="also write OUTPUT_DIR/<bundle>.zip")
     args = parser.parse_args(argv)

@@ -326,3 +326,44 @@ def check_checkpoint_describes_its_network(
         timeout=300,
     )
     assert (out / volume.name.replace(".nii.gz", "_anomaly.nii.gz")).is_file()
+
+
+PREEMPTION_CONFIG = Path(__file__).parent / "configs" / "preempt_at_epoch_2.json"
+"""Merged after ``train.json``: stops the run when epoch 2 starts, after ``checkpoint_epoch=1.pt`` is written."""
+
+
+def check_resume_matches_uninterrupted(bundle: str, overrides: Mapping[str, Any], data: Path, tmp_path: Path) -> None:
+    """A run killed in epoch 2 and resumed with ``--resume True`` ends with the uninterrupted run's exact weights.
+
+    Also: a corrupt resume file is a one-line error before the first epoch.
+    """
+    settings = {**overrides, "dataset_dir": data, "max_epochs": 3, "device": "cpu"}
+    uninterrupted = train(bundle, settings, tmp_path / "uninterrupted")
+
+    killed = tmp_path / "killed"
+    with pytest.raises(BundleRunError, match="simulated pre-emption at epoch 2"):
+        run_bundle(
+            bundle,
+            "train.json",
+            "training",
+            {**settings, "ckpt_dir": killed / "models", "output_dir": killed / "train"},
+            timeout=600,
+            extra_configs=[PREEMPTION_CONFIG],
+        )
+    assert (killed / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert not (killed / "models" / "model.pt").exists()
+    resumed = train(bundle, {**settings, "resume": True}, killed)
+
+    expected, got = read_state_dict(uninterrupted), read_state_dict(resumed)
+    assert expected.keys() == got.keys()
+    differing = [k for k, v in expected.items() if isinstance(v, torch.Tensor) and not torch.equal(v, got[k])]
+    assert not differing, f"resumed weights differ from the uninterrupted run's: {differing[:5]}"
+    assert expected["calibration._extra_state"] == got["calibration._extra_state"]
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(BundleRunError) as info:
+        train(bundle, {**settings, "resume_from": corrupt}, tmp_path / "corrupt_run")
+    message = str(info.value)
+    assert f"{corrupt}: not a readable training checkpoint" in message, message
+    assert "Epoch: 1/" not in message, message

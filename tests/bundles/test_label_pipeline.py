@@ -2,7 +2,9 @@
 the way MONAI Label's ``BundleInferTask`` runs it) gives the batch inference's anomaly map and mask on the input grid.
 
 Untrained tiny networks with a calibration set by hand keep this fast; the trained path through a real MONAI Label
-server is in ``tests/integration/test_monailabel.py``.
+server is in ``tests/integration/test_monailabel.py``. The checkpoint describes its network as training writes it
+(:mod:`common.checkpoint`), so the configs are given no architecture; one case keeps a checkpoint written before
+descriptions existed, which needs the architecture repeated.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from common.checkpoint import DESCRIPTION_KEY, NetworkDescription
 from common.training import load_checkpoint, load_thresholds
 from tests.bundles import contract
 from tests.bundles.conftest import REPO_ROOT
@@ -43,19 +46,28 @@ def _write_head_sized(source: Path, out: Path) -> Path:
     return out
 
 
-def _write_calibrated(network: torch.nn.Module, path: Path, pixel_threshold: float) -> None:
+def _write_calibrated(network: torch.nn.Module, path: Path, pixel_threshold: float, bundle: str | None) -> None:
+    """Save ``{"model": ...}`` with the network's description of ``bundle`` (as training does), or without (``None``:
+    a checkpoint written before descriptions existed)."""
     network.calibration.set_thresholds(pixel_threshold, 1.0)
-    torch.save({"model": network.state_dict()}, path)
+    saved = {"model": network.state_dict()}
+    if bundle is not None:
+        saved[DESCRIPTION_KEY] = NetworkDescription(network, REPO_ROOT / "bundles" / bundle).state_dict()
+    torch.save(saved, path)
 
 
-@pytest.mark.parametrize("bundle", sorted(TINY))
-def test_label_pipeline_matches_batch_inference(bundle, phantoms_3d, tmp_path):
+CASES = [(bundle, True) for bundle in sorted(TINY)] + [("ms_nf", False)]
+
+
+@pytest.mark.parametrize(("bundle", "described"), CASES, ids=[f"{b}-{'described' if d else 'old'}" for b, d in CASES])
+def test_label_pipeline_matches_batch_inference(bundle, described, phantoms_3d, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     volume = _write_head_sized(sorted((phantoms_3d / "test" / "lesion").glob("*.nii.gz"))[0], inputs / "case.nii.gz")
     checkpoint = tmp_path / "model.pt"
     overrides = {
-        **TINY[bundle],
+        # a described checkpoint gives the architecture; an old one needs it repeated
+        **({} if described else TINY[bundle]),
         # brain extraction on, through the same transform as deepbet, with a fast stand-in extractor
         "brain_extraction": "tests.stand_ins:threshold_brain",
         "ckpt_path": str(checkpoint),
@@ -64,13 +76,15 @@ def test_label_pipeline_matches_batch_inference(bundle, phantoms_3d, tmp_path):
         "amp": False,
     }
     with contract.bundle_scripts(REPO_ROOT / "bundles" / bundle):
+        # the tiny network, built before its checkpoint exists (as training builds it)
+        network = _parser(bundle, {**overrides, **TINY[bundle]}).get_parsed_content("network_def").eval()
+        saved_as = bundle if described else None
+        _write_calibrated(network, checkpoint, 0.0, saved_as)
         parser = _parser(bundle, overrides)
-        network = parser.get_parsed_content("network_def").eval()
-        _write_calibrated(network, checkpoint, 0.0)
         parser.get_parsed_content("evaluator").run()
         batch_map = nib.load(tmp_path / "out" / "case_anomaly.nii.gz").get_fdata()
         # a threshold inside the map's range, so the mask is neither empty nor full
-        _write_calibrated(network, checkpoint, float(np.quantile(batch_map[batch_map > 0], 0.9)))
+        _write_calibrated(network, checkpoint, float(np.quantile(batch_map[batch_map > 0], 0.9)), saved_as)
         parser = _parser(bundle, {**overrides, "output_dir": str(tmp_path / "out2")})
         parser.get_parsed_content("evaluator").run()
         batch_mask = nib.load(tmp_path / "out2" / "case_mask.nii.gz").get_fdata()
@@ -79,6 +93,7 @@ def test_label_pipeline_matches_batch_inference(bundle, phantoms_3d, tmp_path):
         parser = _parser(bundle, overrides)
         assert load_thresholds(checkpoint)[0] == pytest.approx(parser.get_parsed_content("pixel_threshold"))
         served = load_checkpoint(parser.get_parsed_content("network_def"), checkpoint).eval()
+        assert served.constructor_arguments == network.constructor_arguments
         data = parser.get_parsed_content("preprocessing")({"image": str(volume)})
         with torch.no_grad():
             data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], served)[0]

@@ -112,6 +112,11 @@ def test_model_pt_alone_rebuilds_the_network(phantoms_3d, trained_tiny, tmp_path
     contract.check_checkpoint_describes_its_network("ms_nf", TINY, trained_tiny, lesion, ("n_blocks", 3), tmp_path)
 
 
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
+    data = write_dataset(tmp_path / "data", dims=2, n_train=16, n_test_good=2, n_test_lesion=2, size=64, seed=0)
+    contract.check_resume_matches_uninterrupted("ms_nf", {**TINY, "batch_size": 4}, data, tmp_path)
+
+
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
     contract.check_evaluation_outputs("ms_nf", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 

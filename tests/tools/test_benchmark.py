@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from common.checkpoint import DESCRIPTION_KEY, NetworkDescription
 from tools.benchmark import build_components, format_table, main, parse_overrides, run_benchmark
+from tools.bundles import bundle_dir
 
 BUNDLE = "ms_nf"
 # A tiny MS-NF so the whole benchmark runs in seconds on the CPU.
@@ -149,26 +151,51 @@ def test_run_benchmark_raises_value_error() -> None:
         run_benchmark(BUNDLE, batch_size=0)
 
 
-def test_run_benchmark_with_checkpoint(tmp_path: Path) -> None:
+def _tiny_checkpoint(path: Path, described: bool) -> nn.Module:
+    """A calibrated tiny MS-NF saved as training does (``described``) or as before descriptions existed."""
     _, network, _, _ = build_components(BUNDLE, {**TINY, "image_size": [64, 64]})
     network.calibration.set_thresholds(pixel_threshold=1.0, image_threshold=2.0)
+    saved = {"model": network.state_dict()}
+    if described:
+        saved[DESCRIPTION_KEY] = NetworkDescription(network, bundle_dir(BUNDLE)).state_dict()
+    torch.save(saved, path)
+    return network
+
+
+@pytest.mark.parametrize("described", [True, False], ids=["described", "old-format"])
+def test_run_benchmark_with_checkpoint(described: bool, tmp_path: Path) -> None:
+    """A checkpoint that describes its network needs no architecture overrides; an old one needs them."""
     checkpoint = tmp_path / "model.pt"
-    torch.save({"model": network.state_dict()}, checkpoint)
+    network = _tiny_checkpoint(checkpoint, described)
     res = run_benchmark(
         BUNDLE,
-        image_size=64,
+        image_size=None if described else 64,
         batch_size=3,
         iterations=1,
         warmup=0,
         volume_shape=(40, 40, 8),
         device="cpu",
-        overrides=TINY,
+        overrides=None if described else TINY,
         checkpoint=checkpoint,
         brain_extraction="none",
     )
     assert res["settings"]["weights"] == f"checkpoint {checkpoint}"
+    assert res["settings"]["overrides"] == ({} if described else TINY)
+    assert res["settings"]["image_size"] == [64, 64]
+    assert res["model"]["arguments"] == network.constructor_arguments
+    assert res["model"]["parameters_total"] == sum(p.numel() for p in network.parameters())
     assert res["end_to_end"]["masks_written"]  # calibrated thresholds: the mask is written as in the bundle
     assert res["end_to_end"]["volume_source"] == "tools.phantoms.make_volume"
+
+
+def test_override_contradicting_the_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = tmp_path / "model.pt"
+    _tiny_checkpoint(checkpoint, described=True)
+    assert main([BUNDLE, "--checkpoint", str(checkpoint), "--override", "n_blocks=2", *TINY_RUN, *NO_EXTRACTION]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"python -m tools.benchmark: error: {checkpoint}: ")
+    assert "n_blocks=2 was given but the model was trained with n_blocks=1" in err
 
 
 def _head_file(path: Path) -> Path:

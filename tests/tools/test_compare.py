@@ -174,19 +174,30 @@ def test_metrics_match_the_saved_maps(compared: tuple[int, Path, dict], dataset:
 
 
 def test_checkpoint_on_3d_volumes(compared: tuple[int, Path, dict], tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A given model.pt evaluated on a 3D test set: no training, volume AUROC, the benchmark on the test grid."""
+    """Given model.pt files evaluated on a 3D test set: no training, volume AUROC, the benchmark on the test grid.
+
+    No ``--image-size`` or architecture override is repeated: each checkpoint describes its network (MS-NF was
+    trained at 64x64 with ``n_blocks=2`` and ``hidden_channels=16``, none of them the config default).
+    """
     _, _, results = compared
-    checkpoint = _rows(results)["skip_ts"]["runs"][0]["checkpoint"]
+    checkpoints = {name: _rows(results)[name]["runs"][0]["checkpoint"] for name in OK_BUNDLES}
     root = tmp_path_factory.mktemp("compare3d")
     data = write_dataset(root / "data", dims=3, n_train=1, n_test_good=1, n_test_lesion=1, size=40, depth=8)
     out = root / "out"
-    args = [str(data), "--output-dir", str(out), "--bundles", "skip_ts", "--checkpoint", f"skip_ts={checkpoint}"]
-    assert main([*args, "--image-size", "64", "--device", "cpu", "--bench-iterations", "1", "--no-progress"]) == 0
-    row = json.loads((out / "results.json").read_text())["rows"][0]
-    assert row["status"] == "ok" and "train_s" not in row["runs"][0] and row["cost"]["train_s"]["n"] == 0
-    assert row["runs"][0]["checkpoint"] == checkpoint
-    assert "volume_auroc" in row["metrics"]
-    assert row["benchmark"]["end_to_end"]["volume_shape"] == [40, 40, 8]
+    args = [str(data), "--output-dir", str(out), "--bundles", ",".join(OK_BUNDLES)]
+    args += [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")]
+    assert main([*args, "--device", "cpu", "--bench-iterations", "1", "--bench-batch-size", "2", "--no-progress"]) == 0
+    rows = _rows(json.loads((out / "results.json").read_text()))
+    for name, checkpoint in checkpoints.items():
+        row = rows[name]
+        assert row["status"] == "ok", row["error"]
+        assert "train_s" not in row["runs"][0] and row["cost"]["train_s"]["n"] == 0
+        assert row["runs"][0]["checkpoint"] == checkpoint
+        assert "volume_auroc" in row["metrics"]
+        assert row["benchmark"]["end_to_end"]["volume_shape"] == [40, 40, 8]
+        assert row["benchmark"]["settings"]["image_size"] == [64, 64] and row["input_size"] == "64x64"
+    arguments = rows["ms_nf"]["benchmark"]["model"]["arguments"]
+    assert (arguments["n_blocks"], arguments["hidden_channels"]) == (2, 16)
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_ARGS_CASES, ids=[c[1] for c in BAD_ARGS_CASES])

@@ -16,12 +16,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from common.checkpoint import read_description
 from tests.bundles import contract
 from tools.bundles import REPO_ROOT, run_bundle
 from tools.export_bundle import common_closure, export_bundle, main, rewrite_config, rewrite_source
 from tools.phantoms import write_dataset
 
 TINY = {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16}
+"""The architecture the model is trained with: the export and its runs never repeat it (``model.pt`` describes it)."""
 
 
 def test_rewrite_source_points_common_imports_at_the_vendored_copy():
@@ -73,7 +75,10 @@ def _standalone(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A tiny trained MS-NF exported with its zip, and a folder of test volumes: ``(export, zip, inputs)``."""
+    """A tiny trained MS-NF exported with its zip, and a folder of test volumes: ``(export, zip, inputs)``.
+
+    Trained with the non-default architecture :data:`TINY`, exported without any setting.
+    """
     root = tmp_path_factory.mktemp("export")
     data = write_dataset(root / "data", dims=3, n_train=4, n_test_good=1, n_test_lesion=1, size=48, depth=12)
     checkpoint = contract.train("ms_nf", {**TINY, "dataset_dir": data, "max_epochs": 1, "batch_size": 8}, root)
@@ -96,6 +101,33 @@ def test_export_layout_and_zip(exported):
         export_bundle("ms_nf", target.parent, target / "models" / "model.pt")
 
 
+def test_exported_configs_read_the_architecture_from_the_checkpoint(exported):
+    target = exported[0]
+    assert (target / "scripts" / "common" / "checkpoint.py").is_file()
+    for config in ("inference.json", "evaluate.json"):
+        parsed = json.loads((target / "configs" / config).read_text())
+        assert parsed["architecture"]["_target_"] == "scripts.common.checkpoint.stored_arguments", config
+        assert parsed["n_blocks"] == "$@architecture.get('n_blocks', 15)", config
+    description = read_description(target / "models" / "model.pt")
+    assert description["_target_"] == "scripts.network.MSNF" and description["bundle"]["id"] == "ms_nf"
+    assert {key: description["arguments"][key] for key in TINY} == TINY
+
+
+def test_settings_are_baked_in_and_may_not_contradict_the_checkpoint(exported, tmp_path, capsys):
+    checkpoint = exported[0] / "models" / "model.pt"
+    argv = ["ms_nf", str(tmp_path), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--set", "n_blocks=3"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"--set n_blocks=3: {checkpoint} was trained with n_blocks=2" in err
+    assert not (tmp_path / "ms_nf").exists()
+    # other settings, and architecture ones equal to the checkpoint's, are baked into the configs that define them
+    assert main([*argv, "--set", "score_method=max", "--set", "image_size=[64,64]"]) == 0
+    inference = json.loads((tmp_path / "ms_nf" / "configs" / "inference.json").read_text())
+    assert inference["score_method"] == "max" and inference["image_size"] == [64, 64]
+    assert inference["n_blocks"] == "$@architecture.get('n_blocks', 15)"
+
+
 def test_exported_metadata_verifies(exported):
     contract.check_metadata_verifies("ms_nf", exported[0] / "configs" / "metadata.json")
 
@@ -108,7 +140,6 @@ def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_p
         ["-c", "import json, os, sys; print(json.dumps([os.path.realpath(p) for p in sys.path]))"], target
     )
     assert str(REPO_ROOT.resolve()) not in json.loads(probe.stdout)
-    overrides = [arg for key, value in TINY.items() for arg in (f"--{key}", str(value).replace(" ", ""))]
     result = _standalone(
         [
             "-m",
@@ -122,7 +153,6 @@ def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_p
             str(tmp_path / "standalone"),
             "--device",
             "cpu",
-            *overrides,
         ],
         cwd=target,
     )
@@ -131,7 +161,6 @@ def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_p
         "ms_nf",
         "inference.json",
         overrides={
-            **TINY,
             "ckpt_path": target / "models" / "model.pt",
             "dataset_dir": inputs,
             "output_dir": tmp_path / "repo",

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config override with a JSON value for every bundle, or one bundle with BUNDLE: (repeatable)",
     )
     parser.add_argument(
-        "--checkpoint", action="append", default=[], metavar="BUNDLE=PATH", help="evaluate this model.pt, no training"
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="BUNDLE=PATH",
+        help="evaluate this model.pt, no training (its architecture comes from the file)",
     )
     parser.add_argument("--peers", default="", help="anomalib models to add: padim,fastflow,reverse_distillation")
     parser.add_argument("--bench-batch-size", type=int, default=8, help="benchmark batch (default 8)")

@@ -29,7 +29,8 @@ class CompareSettings:
         device: ``cpu``, ``cuda`` or ``cuda:N``; ``None``: CUDA when available, else the CPU.
         overrides: config ids and values for every bundle (each goes to the configs that define its top-level id).
         bundle_overrides: per bundle, more overrides (after ``overrides``).
-        checkpoints: per bundle, a ``model.pt`` to evaluate instead of training (one run, no seeds).
+        checkpoints: per bundle, a ``model.pt`` to evaluate instead of training (one run, no seeds); one that
+            describes its network (:mod:`common.checkpoint`) gives the architecture, so no override repeats it.
         peers: anomalib reference models to add (:mod:`tools.compare.peers`).
         bench_batch_size: slices per forward pass in the benchmark.
         bench_iterations: timed forward passes in the benchmark.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from monai.data.utils import set_rnd
 from torch.utils.data import Dataset
 
 from common.data import DatasetIndex, ImageRecord, split_training_records
@@ -80,9 +81,10 @@ def resolve_training_sets(index: DatasetIndex, calibration_fraction: float = 0.1
 class PairedSliceDataset(Dataset):
     """Each item pairs a set-A slice with a random set-B slice: ``{"image": A, "image_b": B, ...}``.
 
-    One epoch visits every set-A slice once; the set-B partner is drawn with ``torch``'s global generator (seeded
-    by ``set_determinism``). Both go through ``transform`` separately (a chain over the ``image``/``foreground``
-    keys).
+    One epoch visits every set-A slice once; the set-B partner is drawn with the dataset's own generator once
+    :meth:`set_random_state` has seeded it (MONAI's data loaders and :class:`common.resume.ReproducibleSteps` do,
+    through ``monai.data.utils.set_rnd``), else with ``torch``'s global generator (seeded by ``set_determinism``).
+    Both go through ``transform`` separately (a chain over the ``image``/``foreground`` keys).
 
     Args:
         data: set-A slice dictionaries (from :func:`common.volumes.load_slices`).
@@ -105,6 +107,13 @@ class PairedSliceDataset(Dataset):
         self.data = list(data)
         self.reference = list(reference)
         self.transform = transform
+        self.generator: torch.Generator | None = None
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed the partner draws and the transforms' random states (the ``monai.data.utils.set_rnd`` protocol)."""
+        self.generator = torch.Generator().manual_seed(int(seed))
+        if self.transform is not None:
+            set_rnd(self.transform, int(seed) + 1)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -114,7 +123,7 @@ class PairedSliceDataset(Dataset):
         return self.transform(item) if self.transform is not None else item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        partner = int(torch.randint(len(self.reference), (1,)))
+        partner = int(torch.randint(len(self.reference), (1,), generator=self.generator))
         a = self._load(self.data[index])
         b = self._load(self.reference[partner])
         return {SET_A_KEY: a["image"], SET_B_KEY: b["image"]}

@@ -101,6 +101,22 @@ class PseudoAUCHandler:
         self.best_value = -np.inf
         self.best_state: dict[str, torch.Tensor] | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The selection so far (history, best epoch, value and weights), for a resumable training checkpoint."""
+        return {
+            "history": [[int(e), float(v)] for e, v in self.history],
+            "best_epoch": -1 if self.best_epoch is None else int(self.best_epoch),
+            "best_value": float(self.best_value),
+            "best_state": self.best_state if self.best_state is not None else {},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a selection saved by :meth:`state_dict` (when a training run resumes)."""
+        self.history = [(int(e), float(v)) for e, v in state["history"]]
+        self.best_epoch = None if int(state["best_epoch"]) < 0 else int(state["best_epoch"])
+        self.best_value = float(state["best_value"])
+        self.best_state = dict(state["best_state"]) or None
+
     def attach(self, engine: Any) -> None:
         """Evaluate at ``EPOCH_COMPLETED``; restore the best weights at ``COMPLETED``."""
         from ignite.engine import Events
