@@ -69,6 +69,12 @@ def shuffling_sampler(dataset: Dataset, seed: int = 0) -> DistributedSampler:
     return DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=int(seed))
 
 
+def _seed_global(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 class ReproducibleSteps:
     """Seed every epoch's data augmentation and every iteration's step from the run's seed (module docstring).
 
@@ -87,15 +93,14 @@ class ReproducibleSteps:
         engine.add_event_handler(_engine_event("ITERATION_STARTED"), self.iteration_started)
 
     def epoch_started(self, engine: Any) -> None:
-        """Seed the dataset's random transforms from ``(seed, epoch)``."""
-        set_rnd(self.loader.dataset, derive_seed(self.seed, 0, int(engine.state.epoch)))
+        """Seed the dataset's random transforms and the global generators (for the first batch) from the epoch."""
+        epoch = int(engine.state.epoch)
+        set_rnd(self.loader.dataset, derive_seed(self.seed, 0, epoch))
+        _seed_global(derive_seed(self.seed, 2, epoch))
 
     def iteration_started(self, engine: Any) -> None:
         """Seed ``torch``, ``numpy`` and ``random`` from ``(seed, iteration)``."""
-        step_seed = derive_seed(self.seed, 1, int(engine.state.iteration))
-        torch.manual_seed(step_seed)
-        np.random.seed(step_seed)
-        random.seed(step_seed)
+        _seed_global(derive_seed(self.seed, 1, int(engine.state.iteration)))
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -221,8 +226,23 @@ class ResumableTraining:
         try:
             CheckpointLoader(load_path=str(path), load_dict=self.objects, map_location=self.map_location)(engine)
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            self._fail(f"{path}: does not fit this training run ({first})")
+            lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+            detail = next(
+                (line for line in lines if "size mismatch" in line), lines[0] if lines else type(error).__name__
+            )
+            self._fail(f"{path}: does not fit this training run ({detail})")
+        loader = getattr(engine.state, "dataloader", None)
+        saved_length = getattr(engine.state, "epoch_length", None)
+        if (
+            loader is not None
+            and saved_length is not None
+            and hasattr(loader, "__len__")
+            and len(loader) != saved_length
+        ):
+            self._fail(
+                f"{path}: its run had {saved_length} iterations per epoch, this one has {len(loader)} "
+                "(the training data or batch size changed); resume with the same data and settings"
+            )
         self.resumed_from = path
         logger.info("resumed from %s at epoch %d (iteration %d)", path, engine.state.epoch, engine.state.iteration)
 
