@@ -391,7 +391,9 @@ def test_configs_share_the_network_and_scoring_settings():
     train, infer, evaluate = (
         json.loads((CONFIGS / n).read_text()) for n in ("train.json", "inference.json", "evaluate.json")
     )
-    for key in ("image_size", "channels", "n_down", "n_res", "score_method", "smoothing_sigma", "intensity"):
+    for key in ("image_size", "channels", "n_down", "n_res"):  # architecture: from model.pt, the training default else
+        assert infer[key] == evaluate[key] == f"$@architecture.get('{key}', {train[key]!r})", key
+    for key in ("score_method", "smoothing_sigma", "intensity"):
         assert train[key] == infer[key] == evaluate[key], key
     assert infer["volume_score"] == evaluate["volume_score"] == "mean"  # Brainomaly's subject-level average
     assert train["score_method"] == "mean"  # the paper: mean of |x - B0|
