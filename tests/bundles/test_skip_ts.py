@@ -290,7 +290,9 @@ def test_train_config_holds_the_paper_settings():
     assert config["teacher_weights"] is None
     for name in ("inference.json", "evaluate.json"):
         other = json.loads((CONFIGS / name).read_text())
-        for key in ("image_size", "teacher", "skip_connections", "map_levels", "score_method", "smoothing_sigma"):
+        for key in ("image_size", "teacher", "skip_connections", "map_levels"):  # architecture: from model.pt
+            assert other[key] == f"$@architecture.get('{key}', {config[key]!r})", f"{name}: {key}"
+        for key in ("score_method", "smoothing_sigma"):
             assert other[key] == config[key], f"{name}: {key}"
 
 
