@@ -149,6 +149,16 @@ def check_checkpoint_calibrated(checkpoint: Path, image_size: list[int], score_m
     return state
 
 
+def _copy_with_brain_mask(volume: Path, inputs: Path) -> Path:
+    """Copy a dataset volume into ``inputs`` with its brain mask beside it (``inputs/brain_mask/<name>``, which takes
+    precedence over brain extraction); returns the dataset's brain-mask file."""
+    brain_mask = volume.parents[2] / "brain_mask" / volume.parent.name / volume.name
+    (inputs / "brain_mask").mkdir(parents=True)
+    (inputs / volume.name).write_bytes(volume.read_bytes())
+    (inputs / "brain_mask" / volume.name).write_bytes(brain_mask.read_bytes())
+    return brain_mask
+
+
 def check_nifti_inference_skips_bad_files(
     bundle: str,
     overrides: Mapping[str, Any],
@@ -163,12 +173,7 @@ def check_nifti_inference_skips_bad_files(
     volumes on the input grid. Returns the rows of ``scores.csv`` for bundle-specific checks.
     """
     inputs = tmp_path / "in"
-    inputs.mkdir()
-    (inputs / lesion_volume.name).write_bytes(lesion_volume.read_bytes())
-    # the phantom's brain mask beside the scans (``brain_mask/<name>``) takes precedence over brain extraction
-    brain_mask = lesion_volume.parents[2] / "brain_mask" / lesion_volume.parent.name / lesion_volume.name
-    (inputs / "brain_mask").mkdir()
-    (inputs / "brain_mask" / lesion_volume.name).write_bytes(brain_mask.read_bytes())
+    brain_mask = _copy_with_brain_mask(lesion_volume, inputs)
     (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), inputs / "four_d.nii.gz")
     before = {p.name: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
@@ -295,10 +300,7 @@ def check_checkpoint_describes_its_network(
         tmp_path: scratch folder.
     """
     inputs = tmp_path / "in"
-    (inputs / "brain_mask").mkdir(parents=True)
-    (inputs / volume.name).write_bytes(volume.read_bytes())
-    brain_mask = volume.parents[2] / "brain_mask" / volume.parent.name / volume.name
-    (inputs / "brain_mask" / volume.name).write_bytes(brain_mask.read_bytes())
+    _copy_with_brain_mask(volume, inputs)
     key, value = conflict
     with pytest.raises(BundleRunError) as info:
         run_bundle(
