@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["REPO_ROOT", "BundleRunError", "bundle_command", "bundle_dir", "run_bundle"]
 
@@ -63,6 +64,24 @@ def bundle_command(
     return command
 
 
+def _run_echoing(command: list[str], log: TextIO, prefix: str, timeout: float | None) -> subprocess.CompletedProcess:
+    """Run ``command``, writing its output to ``log`` and printing the lines that start with ``prefix``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            if line.startswith(prefix):
+                print("    " + line[len(prefix) :].strip(), flush=True)
+            if deadline is not None and time.monotonic() > deadline:
+                process.kill()
+                raise subprocess.TimeoutExpired(command, timeout)
+        returncode = process.wait()
+    return subprocess.CompletedProcess(command, returncode)
+
+
 def run_bundle(
     name: str,
     config: str,
@@ -71,6 +90,7 @@ def run_bundle(
     log_file: str | Path | None = None,
     timeout: float | None = None,
     extra_configs: Sequence[str | Path] = (),
+    echo_prefix: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run a bundle config from the repository root and return the finished process.
 
@@ -82,6 +102,8 @@ def run_bundle(
         log_file: write stdout and stderr there (else they are captured in the result).
         timeout: seconds before the run is killed.
         extra_configs: configs merged after the bundle's (see :func:`bundle_command`).
+        echo_prefix: with ``log_file``, output lines that start with this are also printed to the console as they
+            come (e.g. :data:`common.progress.EPOCH_LINE_PREFIX`, the training progress).
 
     Raises:
         BundleRunError: when the command fails; the message ends with the last lines of its output.
@@ -90,7 +112,12 @@ def run_bundle(
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "w") as handle:
-            result = subprocess.run(command, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+            if echo_prefix is None:
+                result = subprocess.run(
+                    command, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout
+                )
+            else:
+                result = _run_echoing(command, handle, echo_prefix, timeout)
         output = Path(log_file).read_text(errors="replace")
     else:
         result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)

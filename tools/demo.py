@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.progress import EPOCH_LINE_PREFIX
 from tools.bundles import REPO_ROOT, run_bundle
 from tools.phantoms import write_dataset
 
@@ -75,6 +76,7 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int = 3, seed: int 
             "output_dir": out / "train",
         },
         log_file=logs / "train.log",
+        echo_prefix=EPOCH_LINE_PREFIX,
     )
     print(f"    done in {time.perf_counter() - t:.0f} s; log: {logs / 'train.log'}")
 
