@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from common.data import IMAGE_SUFFIXES, ImageRecord, file_stem
+from common.distributed import gather_to_first, init_process_group, is_first_process, leave_process_group, shard
 from common.io import atomic_output
 from common.scoring import MapScorer, volume_score
 from common.training import load_checkpoint
@@ -435,16 +436,32 @@ class AnomalyInference(VolumeRunner):
         return rows
 
     def run(self) -> InferenceSummary:
-        """Process every file; returns the summary and writes ``scores.csv`` (and ``failed.csv`` when needed)."""
+        """Process every file; returns the summary and writes ``scores.csv`` (and ``failed.csv`` when needed).
+
+        Under ``torchrun`` each process takes every ``world_size``-th file (:mod:`common.distributed`) and rank 0
+        merges the score rows and failures in the files' order, so the outputs equal a one-process run's; the
+        returned summary is the merged one on rank 0 and the process's own share elsewhere.
+        """
+        joined = init_process_group(self.device)
+        try:
+            return self._run_share()
+        finally:
+            leave_process_group(joined)
+
+    def _run_share(self) -> InferenceSummary:
         self.prepare()
         thresholds = self.thresholds
         if self.write_masks and thresholds is None:
             logger.warning("the model holds no calibrated thresholds; no masks will be written")
         files = list_input_files(self.dataset_dir)
-        if not files:
+        if not files and is_first_process():
             logger.warning("%s: no image or NIfTI files found", self.dataset_dir)
-        summary = InferenceSummary()
-        for (path, loaded), stem in zip(self._loaded(files), self._output_stems(files), strict=True):
+        stems = self._output_stems(files)  # from the whole list, so every process names its files alike
+        mine = shard(files)
+        done: dict[int, tuple[list[Path], list[list[object]]]] = {}
+        failed: dict[int, tuple[str, str]] = {}
+        for index, (path, loaded) in zip(mine, self._loaded([files[i] for i in mine]), strict=True):
+            stem = stems[index]
             try:
                 if isinstance(loaded, Exception):
                     raise loaded
@@ -462,11 +479,16 @@ class AnomalyInference(VolumeRunner):
             except Exception as error:  # one bad file must not stop the batch
                 message = str(error) if str(path) in str(error) else f"{path}: {error}"
                 logger.error("skipped %s", message)
-                summary.failed.append((str(path), message))
+                failed[index] = (str(path), message)
                 continue
-            summary.written.extend(written)
-            summary.rows.extend(self._score_rows(path, loaded, scores, selected, vol_score, thresholds))
+            done[index] = (written, self._score_rows(path, loaded, scores, selected, vol_score, thresholds))
             logger.info("%s: volume score %.4g -> %s", path.name, vol_score, written[0])
+        shares = gather_to_first((done, failed))
+        if shares is None:  # not rank 0: rank 0 writes the tables
+            return _summary(done, failed)
+        all_done = {i: result for share_done, _ in shares for i, result in share_done.items()}
+        all_failed = {i: failure for _, share_failed in shares for i, failure in share_failed.items()}
+        summary = _summary(all_done, all_failed)
         write_csv_atomic(self.output_dir / "scores.csv", SCORES_HEADER, summary.rows)
         if summary.failed:
             write_csv_atomic(self.output_dir / "failed.csv", ["file", "error"], summary.failed)
@@ -477,3 +499,16 @@ class AnomalyInference(VolumeRunner):
             self.output_dir,
         )
         return summary
+
+
+def _summary(
+    done: dict[int, tuple[list[Path], list[list[object]]]], failed: dict[int, tuple[str, str]]
+) -> InferenceSummary:
+    """An :class:`InferenceSummary` with the files in their input order (the keys are positions in the file list)."""
+    summary = InferenceSummary()
+    for index in sorted(done):
+        written, rows = done[index]
+        summary.written.extend(written)
+        summary.rows.extend(rows)
+    summary.failed.extend(failed[index] for index in sorted(failed))
+    return summary

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["REPO_ROOT", "BundleRunError", "bundle_command", "bundle_dir", "run_bundle"]
+__all__ = ["REPO_ROOT", "BundleRunError", "bundle_command", "bundle_dir", "run_bundle", "torchrun_command"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,15 @@ def bundle_command(
     return command
 
 
+def torchrun_command(command: Sequence[str], nproc_per_node: int) -> list[str]:
+    """``command`` (a :func:`bundle_command`) started by ``torchrun --standalone --nproc_per_node N``."""
+    if command[:2] != [sys.executable, "-m"]:
+        msg = f"expected a 'python -m ...' command, got {' '.join(command[:3])}"
+        raise ValueError(msg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc_per_node)}"]
+    return [*launcher, "-m", *command[2:]]
+
+
 def _run_echoing(command: list[str], log: TextIO, prefix: str, timeout: float | None) -> subprocess.CompletedProcess:
     """Run ``command``, writing its output to ``log`` and printing the lines that start with ``prefix``."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -91,6 +100,7 @@ def run_bundle(
     timeout: float | None = None,
     extra_configs: Sequence[str | Path] = (),
     echo_prefix: str | None = None,
+    nproc_per_node: int = 1,
 ) -> subprocess.CompletedProcess:
     """Run a bundle config from the repository root and return the finished process.
 
@@ -104,11 +114,14 @@ def run_bundle(
         extra_configs: configs merged after the bundle's (see :func:`bundle_command`).
         echo_prefix: with ``log_file``, output lines that start with this are also printed to the console as they
             come (e.g. :data:`common.progress.EPOCH_LINE_PREFIX`, the training progress).
+        nproc_per_node: above 1, run the command under ``torchrun`` with that many processes (:func:`torchrun_command`).
 
     Raises:
         BundleRunError: when the command fails; the message ends with the last lines of its output.
     """
     command = bundle_command(name, config, run_id, overrides, extra_configs)
+    if nproc_per_node > 1:
+        command = torchrun_command(command, nproc_per_node)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "w") as handle:

@@ -217,6 +217,38 @@ def check_nifti_inference_skips_bad_files(
     return rows
 
 
+def check_distributed_inference_matches_one_process(
+    bundle: str, checkpoint: Path, volumes: Sequence[Path], tmp_path: Path
+) -> None:
+    """Inference under ``torchrun`` with 2 CPU processes writes what one process writes, bad file included.
+
+    The folder holds the volumes (with their brain masks) and one corrupt file; the two processes take every other
+    file, and rank 0 merges ``scores.csv`` and ``failed.csv`` in file order.
+    """
+    inputs = tmp_path / "in"
+    (inputs / "brain_mask").mkdir(parents=True)
+    for volume in volumes:
+        brain_mask = volume.parents[2] / "brain_mask" / volume.parent.name / volume.name
+        (inputs / volume.name).write_bytes(volume.read_bytes())
+        (inputs / "brain_mask" / volume.name).write_bytes(brain_mask.read_bytes())
+    (inputs / "b_corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"out_{processes}"
+        settings = {"dataset_dir": inputs, "output_dir": out, "ckpt_path": checkpoint, "device": "cpu"}
+        run_bundle(bundle, "inference.json", "run", settings, timeout=300, nproc_per_node=processes)
+        outputs[processes] = out
+    one, two = outputs[1], outputs[2]
+    assert (two / "scores.csv").read_text() == (one / "scores.csv").read_text()
+    assert (two / "failed.csv").read_text() == (one / "failed.csv").read_text()
+    assert "b_corrupt.nii.gz" in (two / "failed.csv").read_text()
+    files = sorted(p.name for p in one.iterdir())
+    assert sorted(p.name for p in two.iterdir()) == files
+    for name in files:
+        if name.endswith(".nii.gz"):
+            assert np.array_equal(np.asarray(nib.load(two / name).dataobj), np.asarray(nib.load(one / name).dataobj))
+
+
 def check_evaluation_outputs(
     bundle: str, overrides: Mapping[str, Any], checkpoint: Path, dataset_dir: Path, out: Path, n_volumes: int
 ) -> dict[str, Any]:

@@ -107,6 +107,11 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
     contract.check_nifti_inference_skips_bad_files("ms_nf", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
 
 
+def test_inference_under_torchrun_matches_one_process(phantoms_3d, trained_tiny, tmp_path):
+    volumes = [sorted((phantoms_3d / "test" / label).iterdir())[0] for label in ("good", "lesion")]
+    contract.check_distributed_inference_matches_one_process("ms_nf", trained_tiny, volumes, tmp_path)
+
+
 def test_model_pt_alone_rebuilds_the_network(phantoms_3d, trained_tiny, tmp_path):
     lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
     contract.check_checkpoint_describes_its_network("ms_nf", TINY, trained_tiny, lesion, ("n_blocks", 3), tmp_path)
