@@ -1,9 +1,15 @@
-"""Running under ``torchrun``: the process group, this process's device, its share of the files, gathering results.
+"""Running under ``torchrun``: the process group, this process's device, its share of the work, gathering results.
 
 ``torchrun --nproc_per_node=N`` starts N processes with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in their
 environment. Batch inference uses the helpers here to split the input files across the processes and merge what
 they return on rank 0, so ``scores.csv`` and ``failed.csv`` list every file in the same order as a one-process run.
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every helper is a no-op: one process does everything.
+
+Training (each bundle's ``configs/multi_gpu_train.json``, merged over ``train.json`` as in MONAI's model zoo) wraps
+the trainable network in ``DistributedDataParallel`` (:func:`wrap_for_training`), lets each process draw its share
+of the slices (:func:`common.resume.shuffling_sampler`), and keeps on processes other than rank 0 only the handlers
+that change the training itself (:func:`handlers_of_this_process`): rank 0 alone logs, calibrates the thresholds on
+the whole calibration split and writes checkpoints.
 
 The process group uses NCCL on CUDA and gloo on the CPU, as MONAI's multi-GPU bundle configs do.
 """
@@ -16,9 +22,13 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
+    "average_gradients",
     "gather_to_first",
+    "handlers_of_this_process",
     "init_process_group",
     "is_distributed",
     "is_first_process",
@@ -27,7 +37,19 @@ __all__ = [
     "rank",
     "shard",
     "world_size",
+    "wrap_for_training",
 ]
+
+# Handlers that only rank 0 runs: logging, progress, calibration and checkpoint writing (by class name, so MONAI's
+# and this project's handlers are matched without importing them here).
+FIRST_PROCESS_HANDLERS = (
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "EpochProgress",
+    "CalibrationHandler",
+    "CheckpointSaver",
+    "PseudoAUCHandler",
+)
 
 T = TypeVar("T")
 
@@ -106,3 +128,60 @@ def gather_to_first(value: Any) -> list[Any] | None:
     gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(value, gathered, dst=0)
     return gathered
+
+
+def wrap_for_training(network: nn.Module, device: torch.device | str) -> nn.Module:
+    """``network`` for a trainer: wrapped in ``DistributedDataParallel`` under ``torchrun``, else unchanged.
+
+    The wrapped module is :class:`common.training.TrainingForward`, so DDP's forward is the training forward pass and
+    gradients are averaged across processes. The process group must be joined (:func:`init_process_group`).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return network
+    from common.training import TrainingForward  # common.training imports nothing from here; keeps this module light
+
+    target = torch.device(device)
+    ids = [target] if target.type == "cuda" else None
+    return DistributedDataParallel(TrainingForward(network.to(target)), device_ids=ids)
+
+
+def handlers_of_this_process(handlers: Sequence[Any]) -> list[Any]:
+    """The training handlers this process attaches: all on rank 0; elsewhere those that change the training.
+
+    On other ranks the logging, progress, calibration and checkpoint handlers (:data:`FIRST_PROCESS_HANDLERS`) are
+    dropped, and a resumable-training handler loads a checkpoint when resuming but does not write any.
+    """
+    if is_first_process():
+        return list(handlers)
+    kept = [h for h in handlers if type(h).__name__ not in FIRST_PROCESS_HANDLERS]
+    for handler in kept:
+        if hasattr(handler, "save") and type(handler).__name__ == "ResumableTraining":
+            handler.save = False
+    return kept
+
+
+def average_gradients(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Average the optimizer's gradients across processes before every step (data parallelism without DDP).
+
+    For networks that ``DistributedDataParallel`` cannot wrap: AnomalyPro's WGAN-GP penalty takes the critic's
+    gradient with ``torch.autograd.grad(create_graph=True)``, which DDP does not support (its gradient hooks only
+    serve ``backward()`` into ``.grad``), and its generator loss runs the frozen critic. The parameters are broadcast
+    from rank 0 once, then an optimizer step pre-hook all-reduces every gradient and divides it by the world size, the
+    same update DDP makes. Returns ``optimizer`` (unchanged when not distributed), for use in configs.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return optimizer
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with torch.no_grad():
+        for param in params:
+            dist.broadcast(param, src=0)
+    size = float(dist.get_world_size())
+
+    def _average(*_: Any) -> None:
+        for param in params:
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad.div_(size)
+
+    optimizer.register_step_pre_hook(_average)
+    return optimizer

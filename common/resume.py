@@ -132,6 +132,8 @@ class ResumableTraining:
             says so).
         resume_from: continue from this checkpoint (overrides ``resume``).
         map_location: passed to ``torch.load``.
+        save: write the interval checkpoints (``False`` on every process but the first under ``torchrun``: they
+            load the checkpoint when resuming, only rank 0 writes).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class ResumableTraining:
         resume: bool | str = False,
         resume_from: str | Path | None = None,
         map_location: Any = "cpu",
+        save: bool = True,
     ) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
             msg = f"checkpoint_interval must be an int >= 0, got {interval!r}"
@@ -158,6 +161,7 @@ class ResumableTraining:
         self.resume_from = Path(resume_from) if resume_from else None
         self.map_location = map_location
         self.resumed_from: Path | None = None
+        self.save = bool(save)
 
     def resume_path(self) -> Path | None:
         """The checkpoint this run continues from, or ``None`` for a fresh start.
@@ -187,7 +191,7 @@ class ResumableTraining:
         path = self.resume_path()
         if path is not None:
             self.load(path, engine)
-        if self.interval > 0 and not getattr(self, "_saver_attached", False):
+        if self.save and self.interval > 0 and not getattr(self, "_saver_attached", False):
             from monai.handlers import CheckpointSaver
 
             CheckpointSaver(

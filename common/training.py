@@ -31,6 +31,7 @@ __all__ = [
     "FeatureStatisticsHandler",
     "ForwardTrainInferer",
     "PrepareImageAndForeground",
+    "TrainingForward",
     "clip_gradients",
     "linear_warmup",
     "load_checkpoint",
@@ -42,12 +43,34 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class TrainingForward(nn.Module):
+    """A module whose ``forward`` is ``network.forward_train``: what ``DistributedDataParallel`` wraps in training.
+
+    DDP synchronises gradients only for what runs through its own ``forward``; calling ``ddp.module.forward_train``
+    would skip that. Wrapping this module instead makes DDP's forward the training forward pass.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped network's ``forward_train``."""
+        return self.network.forward_train(*args, **kwargs)
+
+
 class ForwardTrainInferer(Inferer):
-    """Inferer for training: returns ``network.forward_train(inputs)`` (a NamedTuple of training outputs)."""
+    """Inferer for training: returns ``network.forward_train(inputs)`` (a NamedTuple of training outputs).
+
+    A ``DistributedDataParallel`` network (:func:`common.distributed.wrap_for_training`, whose module is a
+    :class:`TrainingForward`) is called directly, so DDP's forward runs and gradients are synchronised.
+    """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         """Run the network's training forward pass."""
         model = network.module if hasattr(network, "module") else network  # DistributedDataParallel
+        if isinstance(model, TrainingForward):
+            return network(inputs, *args, **kwargs)
         if not hasattr(model, "forward_train"):
             msg = f"{type(model).__name__} has no forward_train method; training needs one (STYLE.md rule 2)"
             raise TypeError(msg)

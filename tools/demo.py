@@ -16,20 +16,35 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.progress import EPOCH_LINE_PREFIX
 from tools.bundles import REPO_ROOT, run_bundle
 from tools.phantoms import write_dataset
 
-__all__ = ["DEMO_NETWORK", "main", "run_demo"]
+__all__ = ["DEMO_DATA", "DEMO_NETWORK", "DemoData", "main", "run_demo"]
 
 BUNDLE = "ms_nf"
 # Reduced flow for a CPU demo (paper: 15 blocks, hidden width 128, 256 x 256).
 DEMO_NETWORK = {"image_size": [96, 96], "n_blocks": 4, "hidden_channels": 64}
 # The 4-block flow trains stably without the learning-rate warm-up the 15-block default uses.
 DEMO_TRAINING = {"warmup_iterations": 0}
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Size of the generated phantom dataset (:func:`tools.phantoms.write_dataset`, 3D volumes)."""
+
+    n_train: int = 14
+    n_test_good: int = 3
+    n_test_lesion: int = 5
+    size: int = 96
+    depth: int = 40
+
+
+DEMO_DATA = DemoData()
 TABLE_KEYS = (
     ("image_auroc", "image AUROC (slices)"),
     ("image_ap", "image AP (slices)"),
@@ -47,19 +62,28 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(output_dir: str | Path = "demo_output", epochs: int = 3, seed: int = 0) -> dict:
+def run_demo(
+    output_dir: str | Path = "demo_output",
+    epochs: int = 3,
+    seed: int = 0,
+    data_size: DemoData = DEMO_DATA,
+    network: Mapping[str, object] | None = None,
+) -> dict:
     """Run the whole demo and return the evaluation metrics.
 
     Args:
         output_dir: where data, model, maps and reports go (created).
         epochs: training epochs.
         seed: data and training seed.
+        data_size: how many phantom volumes of which size (the test runs a smaller set).
+        network: MS-NF architecture overrides (default :data:`DEMO_NETWORK`).
     """
     out = Path(output_dir).resolve()
     logs = out / "logs"
     start = _step(f"writing phantom dataset to {out / 'data'}")
-    data = write_dataset(out / "data", dims=3, n_train=14, n_test_good=3, n_test_lesion=5, size=96, depth=40, seed=seed)
-    common = {**DEMO_NETWORK, "seed": seed}
+    data = write_dataset(out / "data", dims=3, seed=seed, **asdict(data_size))
+    # Inference and evaluation below take the architecture from model.pt: only training names it.
+    common = {**(DEMO_NETWORK if network is None else network), "seed": seed}
 
     t = _step(f"training MS-NF for {epochs} epochs on {len(list((data / 'train' / 'good').iterdir()))} normal volumes")
     run_bundle(
@@ -86,7 +110,7 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int = 3, seed: int 
         BUNDLE,
         "inference.json",
         "run",
-        {**common, "dataset_dir": data / "test" / "lesion", "output_dir": out / "inference", "ckpt_path": model},
+        {"dataset_dir": data / "test" / "lesion", "output_dir": out / "inference", "ckpt_path": model},
         log_file=logs / "inference.log",
     )
     print(f"    done in {time.perf_counter() - t:.0f} s")
@@ -96,7 +120,7 @@ def run_demo(output_dir: str | Path = "demo_output", epochs: int = 3, seed: int 
         BUNDLE,
         "evaluate.json",
         "run",
-        {**common, "dataset_dir": data, "output_dir": out / "eval", "ckpt_path": model},
+        {"dataset_dir": data, "output_dir": out / "eval", "ckpt_path": model},
         log_file=logs / "evaluate.log",
     )
     metrics = json.loads((out / "eval" / "metrics.json").read_text())

@@ -249,6 +249,40 @@ def check_distributed_inference_matches_one_process(
             assert np.array_equal(np.asarray(nib.load(two / name).dataobj), np.asarray(nib.load(one / name).dataobj))
 
 
+def check_torchrun_training(
+    bundle: str, overrides: Mapping[str, Any], data: Path, tmp_path: Path, score_method: str
+) -> None:
+    """``train.json`` + ``multi_gpu_train.json`` under ``torchrun`` with 2 CPU processes (gloo) on tiny data.
+
+    One ``model.pt`` with calibrated thresholds (rank 0 alone calibrates and writes), one progress line per epoch
+    (rank 0 alone logs), and batch inference works with the checkpoint.
+    """
+    out = tmp_path / "torchrun"
+    settings = {
+        **overrides,
+        "dataset_dir": data,
+        "ckpt_dir": out / "models",
+        "output_dir": out / "train",
+        "max_epochs": 2,
+        "batch_size": 4,
+        "device": "cpu",
+    }
+    multi = configs_dir(bundle) / "multi_gpu_train.json"
+    result = run_bundle(
+        bundle, "train.json", "training", settings, timeout=600, extra_configs=[multi], nproc_per_node=2
+    )
+    output = result.stdout + result.stderr
+    assert output.count("[progress] epoch 1/2:") == 1 and output.count("[progress] epoch 2/2:") == 1, output[-3000:]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
+    model = out / "models" / "model.pt"
+    check_checkpoint_calibrated(model, list(overrides["image_size"]), score_method)
+    lesion = data / "test" / "lesion"
+    run_bundle(bundle, "inference.json", "run", {"dataset_dir": lesion, "output_dir": out / "maps", "ckpt_path": model})
+    with open(out / "maps" / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {Path(r["file"]).name for r in rows} == {p.name for p in lesion.iterdir() if p.is_file()}
+
+
 def check_evaluation_outputs(
     bundle: str, overrides: Mapping[str, Any], checkpoint: Path, dataset_dir: Path, out: Path, n_volumes: int
 ) -> dict[str, Any]:

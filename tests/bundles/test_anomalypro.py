@@ -457,6 +457,10 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
     contract.check_resume_matches_uninterrupted("anomalypro", {**TINY_TRAIN, "batch_size": 4}, data, tmp_path)
 
 
+def test_torchrun_training_with_two_cpu_processes(phantoms_3d, tmp_path):
+    contract.check_torchrun_training("anomalypro", TINY_TRAIN, phantoms_3d, tmp_path, "mean")
+
+
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
     contract.check_evaluation_outputs("anomalypro", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
