@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from common.checks import check_int_at_least, check_odd_kernel_size
 
-__all__ = ["CBAM", "DSAM", "ChannelAttention", "IDConv", "SpatialAttention"]
+__all__ = ["CBAM", "DSAM", "ChannelAttention", "IDConv", "SpatialAttention", "per_sample_depthwise_conv"]
 
 
 class ChannelAttention(nn.Module):
@@ -263,11 +263,22 @@ class IDConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Convolve every sample of ``x`` ``(B, C, H, W)`` with its own depthwise kernel; same shape out."""
-        b, c, h, w = x.shape
-        kernels = self.kernels(x).reshape(b * c, 1, self.kernel_size, self.kernel_size)
-        # a grouped convolution over the batch folded into channels applies one kernel per (sample, channel)
-        out = F.conv2d(x.reshape(1, b * c, h, w), kernels, padding=self.kernel_size // 2, groups=b * c)
-        return out.reshape(b, c, h, w)
+        return per_sample_depthwise_conv(x, self.kernels(x), self.kernel_size // 2)
+
+
+@torch.jit.script_if_tracing
+def per_sample_depthwise_conv(x: Tensor, kernels: Tensor, padding: int) -> Tensor:
+    """Convolve each sample's channels ``x`` ``(B, C, H, W)`` with its own kernels ``(B, C, K, K)``.
+
+    A grouped convolution over the batch folded into channels applies one kernel per (sample, channel). Its
+    ``groups`` depends on the batch size, so under ``torch.jit.trace`` the function is scripted rather than traced
+    and a traced detector still accepts any batch size.
+    """
+    b, c, h, w = x.shape
+    k = kernels.shape[-1]
+    folded = kernels.reshape(b * c, 1, k, k)
+    out = F.conv2d(x.reshape(1, b * c, h, w), folded, padding=padding, groups=b * c)
+    return out.reshape(b, c, h, w)
 
 
 class DSAM(nn.Module):

@@ -283,6 +283,37 @@ def check_torchrun_training(
     assert {Path(r["file"]).name for r in rows} == {p.name for p in lesion.iterdir() if p.is_file()}
 
 
+_RUN_WITHOUT_REPOSITORY = """
+import sys
+for package in ("common", "scripts", "tools", "tests", "bundles"):
+    sys.modules[package] = None  # importing any of them now fails: the graph must not need them
+import torch
+graph = torch.jit.load(sys.argv[1], map_location="cpu").eval()
+size = [int(v) for v in sys.argv[2:]]
+with torch.no_grad():
+    out = graph(torch.rand(2, 1, *size))
+assert torch.isfinite(out).all()
+print(list(out.shape))
+"""
+
+
+def check_torchscript_export(bundle: str, checkpoint: Path, image_size: Sequence[int], tmp_path: Path) -> None:
+    """``ckpt_export`` (traced, fp32) equals eager to 1e-4; a process that cannot import the repository runs it."""
+    from tools.torchscript import TOLERANCE, export_torchscript
+
+    exported = tmp_path / "model.ts"
+    assert export_torchscript(bundle, checkpoint, exported) <= TOLERANCE
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _RUN_WITHOUT_REPOSITORY, str(exported), *(str(v) for v in image_size)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str([2, 1, *image_size])
+
+
 def check_evaluation_outputs(
     bundle: str, overrides: Mapping[str, Any], checkpoint: Path, dataset_dir: Path, out: Path, n_volumes: int
 ) -> dict[str, Any]:
