@@ -314,6 +314,39 @@ def check_torchscript_export(bundle: str, checkpoint: Path, image_size: Sequence
     assert result.stdout.strip().splitlines()[-1] == str([2, 1, *image_size])
 
 
+_RUN_ONNX_WITHOUT_REPOSITORY = """
+import sys
+for package in ("common", "scripts", "tools", "tests", "bundles", "torch"):
+    sys.modules[package] = None  # the ONNX graph needs neither this repository nor PyTorch
+import numpy as np
+import onnxruntime
+session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+batch, size = int(sys.argv[2]), [int(v) for v in sys.argv[3:]]
+(out,) = session.run(None, {"image": np.random.default_rng(0).random((batch, 1, *size), dtype=np.float32)})
+assert np.isfinite(out).all()
+print(list(out.shape))
+"""
+
+
+def check_onnx_export(bundle: str, checkpoint: Path, image_size: Sequence[int], tmp_path: Path) -> None:
+    """ONNX export equals eager (onnxruntime, 1e-4 of the maps' scale); a process without the repository runs it."""
+    pytest.importorskip("onnxruntime")
+    from tools.onnx_export import FIXED_BATCH_BUNDLES, RELATIVE_TOLERANCE, export_onnx
+
+    exported = tmp_path / "model.onnx"
+    assert export_onnx(bundle, checkpoint, exported) <= RELATIVE_TOLERANCE
+    batch = 1 if bundle in FIXED_BATCH_BUNDLES else 2
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _RUN_ONNX_WITHOUT_REPOSITORY, str(exported), str(batch), *map(str, image_size)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str([batch, 1, *image_size])
+
+
 def check_evaluation_outputs(
     bundle: str, overrides: Mapping[str, Any], checkpoint: Path, dataset_dir: Path, out: Path, n_volumes: int
 ) -> dict[str, Any]:

@@ -329,6 +329,10 @@ def test_torchscript_export_matches_eager_and_runs_without_the_repository(traine
     contract.check_torchscript_export("skip_ts", trained_tiny, TINY["image_size"], tmp_path)
 
 
+def test_onnx_export_matches_eager_and_runs_without_the_repository(trained_tiny, tmp_path):
+    contract.check_onnx_export("skip_ts", trained_tiny, TINY["image_size"], tmp_path)
+
+
 def test_evaluation_writes_metrics_and_plots(phantoms_3d, trained_tiny, tmp_path):
     contract.check_evaluation_outputs("skip_ts", NO_OVERRIDES, trained_tiny, phantoms_3d, tmp_path, n_volumes=3)
 
