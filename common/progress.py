@@ -82,8 +82,5 @@ class EpochProgress:
         iterations = state.epoch_length or 0
         loss = "".join(f", mean {key} {total / self._counts[key]:.4g}" for key, total in self._sums.items())
         seconds = time.perf_counter() - self._started
-        print(
-            f"{EPOCH_LINE_PREFIX} epoch {state.epoch}/{state.max_epochs}: {iterations} iterations{loss}, {seconds:.1f} s",
-            file=self.stream,
-            flush=True,
-        )
+        line = f"{EPOCH_LINE_PREFIX} epoch {state.epoch}/{state.max_epochs}: {iterations} iterations{loss}"
+        print(f"{line}, {seconds:.1f} s", file=self.stream, flush=True)

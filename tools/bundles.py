@@ -69,7 +69,13 @@ def torchrun_command(command: Sequence[str], nproc_per_node: int) -> list[str]:
     if command[:2] != [sys.executable, "-m"]:
         msg = f"expected a 'python -m ...' command, got {' '.join(command[:3])}"
         raise ValueError(msg)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc_per_node)}"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={int(nproc_per_node)}",
+    ]
     return [*launcher, "-m", *command[2:]]
 
 

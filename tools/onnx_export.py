@@ -1,7 +1,7 @@
-"""ONNX export of a trained bundle's network (``torch.onnx.export`` with the ``torch.export`` path), checked with
-onnxruntime against eager.
+"""ONNX export of a trained bundle's network, checked with onnxruntime against eager.
 
-The graph is the eval-mode network in fp32: slices ``(B, 1, H, W)`` at the training ``image_size`` → anomaly maps.
+The export is ``torch.onnx.export`` through ``torch.export``. The graph is the eval-mode network in fp32: slices
+``(B, 1, H, W)`` at the training ``image_size`` → anomaly maps.
 MS-NF, Skip-TS and AnomalyPro export with a free batch size. DNFAD's dynamic spatial attention convolves each sample
 with its own kernels through a grouped convolution whose ``groups`` is ``batch x channels``; ``torch.export`` cannot
 keep that symbolic, so DNFAD's graph has the fixed batch size it was exported with (``--batch-size``).
@@ -85,7 +85,10 @@ def export_onnx(bundle: str, checkpoint: str | Path, output: str | Path, batch_s
     scale = max(1.0, float(np.abs(reference).max()))
     difference = float(np.abs(maps - reference).max()) / scale
     if not difference <= RELATIVE_TOLERANCE:
-        msg = f"{output}: onnxruntime's maps differ from eager by {difference:.3g} of their scale (> {RELATIVE_TOLERANCE})"
+        msg = (
+            f"{output}: onnxruntime's maps differ from eager by {difference:.3g} of their scale "
+            f"(> {RELATIVE_TOLERANCE})"
+        )
         raise RuntimeError(msg)
     return difference
 

@@ -49,7 +49,8 @@ class _Tiny(torch.nn.Module):
         self.layer = torch.nn.Linear(3, 1)
 
     def forward(self, x):  # scoring path: never used in training
-        raise AssertionError("training must call forward_train")
+        msg = "training must call forward_train"
+        raise AssertionError(msg)
 
     def forward_train(self, x):
         return self.layer(x)
