@@ -25,20 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tools.torchscript import eager_network
+
 __all__ = ["FIXED_BATCH_BUNDLES", "RELATIVE_TOLERANCE", "export_onnx", "main"]
 
 RELATIVE_TOLERANCE = 1e-4
 FIXED_BATCH_BUNDLES = ("dnfad",)
 """Bundles whose graph has a fixed batch size (module docstring)."""
-
-
-def _eager_network(bundle: str, checkpoint: Path) -> torch.nn.Module:
-    from common.training import load_checkpoint
-    from tools.benchmark import build_components
-
-    _, network, _, _ = build_components(bundle, checkpoint=checkpoint)
-    load_checkpoint(network, checkpoint)
-    return network.eval()
 
 
 def export_onnx(bundle: str, checkpoint: str | Path, output: str | Path, batch_size: int = 1) -> float:
@@ -57,7 +50,7 @@ def export_onnx(bundle: str, checkpoint: str | Path, output: str | Path, batch_s
     import onnxruntime
 
     checkpoint, output = Path(checkpoint).resolve(), Path(output).resolve()
-    network = _eager_network(bundle, checkpoint)
+    network = eager_network(bundle, checkpoint)
     size = [int(v) for v in network.image_size]
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(batch_size, 1, *size, generator=generator)

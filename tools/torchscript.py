@@ -36,7 +36,7 @@ import torch
 from common.checkpoint import stored_arguments
 from tools.bundles import REPO_ROOT, bundle_dir
 
-__all__ = ["TOLERANCE", "ckpt_export_command", "export_torchscript", "main", "max_difference_to_eager"]
+__all__ = ["TOLERANCE", "ckpt_export_command", "eager_network", "export_torchscript", "main", "max_difference_to_eager"]
 
 TOLERANCE = 1e-4
 """Largest absolute difference between the exported graph's maps and the eager network's (fp32, CPU)."""
@@ -79,14 +79,19 @@ def ckpt_export_command(bundle: str, checkpoint: Path, output: Path) -> list[str
     ]
 
 
-def max_difference_to_eager(bundle: str, checkpoint: Path, exported: Path, batch_size: int = 3) -> float:
-    """Largest absolute difference between ``exported`` and the eager network of ``checkpoint`` on random slices."""
+def eager_network(bundle: str, checkpoint: Path) -> torch.nn.Module:
+    """The bundle's network built from ``checkpoint``'s description, its weights loaded, on the CPU in eval mode."""
     from common.training import load_checkpoint
     from tools.benchmark import build_components
 
     _, network, _, _ = build_components(bundle, checkpoint=checkpoint)
     load_checkpoint(network, checkpoint)
-    network.eval()
+    return network.eval()
+
+
+def max_difference_to_eager(bundle: str, checkpoint: Path, exported: Path, batch_size: int = 3) -> float:
+    """Largest absolute difference between ``exported`` and the eager network of ``checkpoint`` on random slices."""
+    network = eager_network(bundle, checkpoint)
     graph = torch.jit.load(str(exported), map_location="cpu").eval()
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, 1, *_image_size(checkpoint), generator=generator)
