@@ -79,6 +79,7 @@ from tools.phantoms import make_volume, volume_affine
 
 __all__ = [
     "DEFAULT_VOLUME_SHAPE",
+    "benchmark_network",
     "build_components",
     "count_parameters",
     "environment_info",
@@ -363,6 +364,88 @@ def _time_model(
                 _sync(device)
                 times.append(time.perf_counter() - start)
     return times, memory.result
+
+
+def benchmark_network(
+    network: nn.Module,
+    image_size: int | Sequence[int],
+    in_channels: int,
+    batch_size: int,
+    warmup: int,
+    iterations: int,
+    device: str | torch.device | None,
+    amp: bool,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The model-alone part of :func:`run_benchmark` for any network: parameters, FLOPs, throughput, peak memory.
+
+    :func:`run_benchmark` measures a bundle's network with it, and ``tools.compare`` a network built elsewhere (the
+    anomalib peers' torch models), so both go through the same code: random inputs ``(batch_size, in_channels, H,
+    W)`` already on ``device``, ``torch.inference_mode()``, bf16 autocast on CUDA when ``amp`` is on and
+    ``channels_last`` on CUDA; ``warmup`` untimed forward passes, then ``iterations`` timed ones. The network is moved
+    to ``device`` and left there in eval mode and in the default memory format.
+
+    Args:
+        network: takes ``(B, in_channels, H, W)``; its outputs are not used.
+        image_size: ``H W`` of the input (one int: square).
+        in_channels: input channels.
+        batch_size: slices per forward pass.
+        warmup: untimed forward passes first.
+        iterations: timed forward passes.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; ``None``: CUDA when available, else the CPU.
+        amp: bf16 autocast on CUDA (no effect on the CPU).
+        seed: seed of the random inputs.
+
+    Returns:
+        ``parameters`` (:func:`count_parameters`), ``flops_per_slice`` and ``flops_by_operator`` (one slice, fp32),
+        ``batch_seconds`` (one per timed iteration), ``slices_per_s``, ``memory`` (the timed part, see the module
+        doc), ``bf16_autocast`` and ``channels_last``.
+
+    Raises:
+        ValueError: for non-positive sizes or counts, a negative ``warmup`` or an unusable device.
+    """
+    size = _positive_ints("image_size", image_size, 2)
+    in_channels = _positive_int("in_channels", in_channels)
+    batch_size = _positive_int("batch_size", batch_size)
+    iterations = _positive_int("iterations", iterations)
+    if isinstance(warmup, bool) or not isinstance(warmup, int | np.integer) or warmup < 0:
+        msg = f"warmup: expected a non-negative integer, got {warmup!r}"
+        raise ValueError(msg)
+    torch_device = _resolve_device(device)
+    cuda = torch_device.type == "cuda"
+    network.to(torch_device).eval()
+
+    generator = torch.Generator().manual_seed(seed)
+    logger.info("counting parameters and FLOPs at %dx%d", *size)
+    parameters = count_parameters(network)
+    flops, flops_by_op = _count_flops(network, torch.rand(1, in_channels, *size, generator=generator).to(torch_device))
+
+    logger.info(
+        "timing the model on %s: batch %d, %d warm-up + %d timed iterations",
+        torch_device,
+        batch_size,
+        warmup,
+        iterations,
+    )
+    inputs = torch.rand(batch_size, in_channels, *size, generator=generator).to(torch_device)
+    if cuda:
+        network.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    times, memory = _time_model(network, inputs, torch_device, warmup, iterations, amp)
+    del inputs
+    if cuda:  # inference runs the network in the default memory format
+        network.to(memory_format=torch.contiguous_format)
+    total = sum(times)
+    return {
+        "parameters": parameters,
+        "flops_per_slice": flops,
+        "flops_by_operator": flops_by_op,
+        "batch_seconds": times,
+        "slices_per_s": batch_size * iterations / total if total > 0 else float("inf"),
+        "memory": memory,
+        "bf16_autocast": amp and cuda,
+        "channels_last": cuda,
+    }
 
 
 def _synthetic_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
@@ -663,27 +746,9 @@ def run_benchmark(
     cuda = torch_device.type == "cuda"
     network.to(torch_device).eval()
 
-    generator = torch.Generator().manual_seed(seed)
-    logger.info("counting parameters and FLOPs at %dx%d", *size)
-    parameters = count_parameters(network)
-    flops, flops_by_op = _count_flops(network, torch.rand(1, in_channels, *size, generator=generator).to(torch_device))
-
-    logger.info(
-        "timing the model on %s: batch %d, %d warm-up + %d timed iterations",
-        torch_device,
-        batch_size,
-        warmup,
-        iterations,
-    )
-    inputs = torch.rand(batch_size, in_channels, *size, generator=generator).to(torch_device)
-    if cuda:
-        network.to(memory_format=torch.channels_last)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    times, model_memory = _time_model(network, inputs, torch_device, warmup, iterations, amp)
-    del inputs
-    if cuda:  # the bundle's inference runs the network in the default memory format
-        network.to(memory_format=torch.contiguous_format)
-    total = sum(times)
+    alone = benchmark_network(network, size, in_channels, batch_size, warmup, iterations, torch_device, amp, seed)
+    parameters, times, model_memory = alone["parameters"], alone["batch_seconds"], alone["memory"]
+    flops, flops_by_op = alone["flops_per_slice"], alone["flops_by_operator"]
 
     logger.info(
         "timing brain extraction (%s) and one %s volume end to end", extraction_method, "x".join(map(str, volume_shape))
@@ -723,7 +788,7 @@ def run_benchmark(
             "element-wise operations are not counted",
         },
         "throughput": {
-            "slices_per_s": batch_size * iterations / total if total > 0 else float("inf"),
+            "slices_per_s": alone["slices_per_s"],
             "batch_seconds": times,
             "batch_seconds_median": statistics.median(times),
             "batch_seconds_min": min(times),
