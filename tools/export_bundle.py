@@ -13,6 +13,13 @@ exported configs read ``image_size``, ``n_blocks``... from it, so a model traine
 Other config values are baked in with ``--set KEY=VALUE`` (e.g. ``--set score_method=max``); a value that contradicts
 the checkpoint's architecture is refused. Only a checkpoint written before descriptions existed needs its
 architecture given with ``--set``.
+
+``--torchscript`` also writes ``models/model.ts``, the traced fp32 TorchScript graph of the exported
+``models/model.pt``, made by :func:`tools.torchscript.export_torchscript` (MONAI's ``ckpt_export``) and checked against
+the eager network (equal to 1e-4, :data:`tools.torchscript.TOLERANCE`). If that step fails, the export fails with a
+one-line error naming the bundle and the cause, and nothing is left behind::
+
+    python -m tools.export_bundle ms_nf OUT --checkpoint bundles/ms_nf/models/model.pt --torchscript --zip
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 from common.checkpoint import stored_arguments
 from common.io import atomic_output
 from tools.bundles import REPO_ROOT, bundle_dir
+from tools.torchscript import export_torchscript
 
 __all__ = ["VENDOR_PACKAGE", "common_closure", "export_bundle", "main", "rewrite_config", "rewrite_source"]
 
@@ -159,16 +167,44 @@ def _check_architecture(settings: Mapping[str, Any], checkpoint: Path) -> None:
             raise ValueError(msg)
 
 
+def _write_torchscript(name: str, staging: Path, target: Path) -> None:
+    """``staging/models/model.ts`` from ``staging/models/model.pt`` (:mod:`tools.torchscript`), checked against eager.
+
+    Raises:
+        ValueError: one line naming the bundle and the cause (paths in the staging folder are given as in ``target``).
+    """
+    models = staging / "models"
+    try:
+        export_torchscript(name, models / "model.pt", models / "model.ts")
+    except Exception as error:  # ckpt_export, loading the checkpoint or the eager network raise several types
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+        cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        cause = cause.replace(str(staging.resolve()), str(target.resolve())).replace(str(staging), str(target))
+        msg = f"bundle {name!r}: TorchScript export failed: {cause}"
+        raise ValueError(msg) from error
+
+
+def _remove_created(folders: list[Path]) -> None:
+    """Remove the folders the export created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def export_bundle(
     name: str,
     output_dir: str | Path,
     checkpoint: str | Path,
     make_zip: bool = False,
     settings: Mapping[str, Any] | None = None,
+    torchscript: bool = False,
 ) -> Path:
     """Export bundle ``name`` to ``output_dir/<name>`` (and ``output_dir/<name>.zip`` with ``make_zip``).
 
-    The folder is assembled under a temporary name in ``output_dir`` and renamed when complete.
+    The folder is assembled under a temporary name in ``output_dir`` and renamed when complete; when a step fails,
+    neither it nor the ``output_dir`` folders this call created are left behind.
 
     Args:
         name: bundle folder name, e.g. ``"ms_nf"``.
@@ -178,13 +214,16 @@ def export_bundle(
         settings: config values to bake into every config that defines them (``{"score_method": "max"}``). The
             architecture comes from the checkpoint, which describes its network (:mod:`common.checkpoint`); only a
             checkpoint written before descriptions existed needs it here (``{"image_size": [128, 128]}``).
+        torchscript: also write ``models/model.ts``, traced from the exported ``models/model.pt`` by
+            :func:`tools.torchscript.export_torchscript` and checked against the eager network.
 
     Returns:
         The exported bundle folder.
 
     Raises:
         ValueError: for an unknown bundle, an export folder that already exists, a setting no config defines, a
-            setting that contradicts the architecture the checkpoint stores, or an unreadable checkpoint.
+            setting that contradicts the architecture the checkpoint stores, an unreadable checkpoint, or (with
+            ``torchscript``) a TorchScript export that fails or differs from the eager network.
         FileNotFoundError: when the checkpoint does not exist.
     """
     source = bundle_dir(name)
@@ -204,6 +243,7 @@ def export_bundle(
     if target.exists():
         msg = f"{target}: already exists; remove it or choose another output folder"
         raise ValueError(msg)
+    created = [folder for folder in [output_dir, *output_dir.parents] if not folder.exists()]
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output_dir))
     try:
@@ -211,9 +251,12 @@ def export_bundle(
         (staging / "models").mkdir()
         shutil.copy2(checkpoint, staging / "models" / "model.pt")
         _vendor_common(staging, settings)
+        if torchscript:
+            _write_torchscript(name, staging, target)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_created(created)
         raise
     if make_zip:
         with atomic_output(output_dir / f"{name}.zip") as tmp:
@@ -233,7 +276,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``uad-export BUNDLE OUTPUT_DIR [--checkpoint model.pt] [--set KEY=VALUE ...] [--zip]``."""
+    """Command line: ``uad-export BUNDLE OUT [--checkpoint model.pt] [--set KEY=VALUE ...] [--torchscript] [--zip]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", help="bundle name (ms_nf, dnfad, skip_ts, anomalypro)")
     parser.add_argument("output_dir", type=Path, help="the export goes to OUTPUT_DIR/<bundle>")
@@ -248,11 +291,19 @@ def main(argv: list[str] | None = None) -> int:
         help="config value to bake in (JSON value, e.g. score_method=max); the architecture comes from the "
         "checkpoint, give it only for a checkpoint that does not describe its network",
     )
+    parser.add_argument(
+        "--torchscript",
+        action="store_true",
+        help="also write models/model.ts (tools.torchscript: ckpt_export traced from the exported model.pt, checked "
+        "against eager)",
+    )
     parser.add_argument("--zip", action="store_true", help="also write OUTPUT_DIR/<bundle>.zip")
     args = parser.parse_args(argv)
     try:
         checkpoint = args.checkpoint or bundle_dir(args.bundle) / "models" / "model.pt"
-        target = export_bundle(args.bundle, args.output_dir, checkpoint, args.zip, dict(args.settings))
+        target = export_bundle(
+            args.bundle, args.output_dir, checkpoint, args.zip, dict(args.settings), torchscript=args.torchscript
+        )
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

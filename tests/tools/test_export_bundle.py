@@ -15,12 +15,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from common.checkpoint import read_description
 from tests.bundles import contract
 from tools.bundles import REPO_ROOT, run_bundle
 from tools.export_bundle import common_closure, export_bundle, main, rewrite_config, rewrite_source
 from tools.phantoms import write_dataset
+from tools.torchscript import eager_network
 
 TINY = {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16}
 """The architecture the model is trained with: the export and its runs never repeat it (``model.pt`` describes it)."""
@@ -178,3 +180,60 @@ def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_p
         np.testing.assert_array_equal(ours.affine, theirs.affine)
     rows = [list(csv.reader((tmp_path / d / "scores.csv").open())) for d in ("standalone", "repo")]
     assert rows[0] == rows[1]
+
+
+_RUN_TORCHSCRIPT_WITHOUT_REPOSITORY = """
+import sys
+for package in ("common", "scripts", "tools", "tests", "bundles"):
+    sys.modules[package] = None  # importing any of them now fails: the graph must not need them
+import torch
+graph = torch.jit.load(sys.argv[1], map_location="cpu").eval()
+with torch.no_grad():
+    torch.save(graph(torch.load(sys.argv[2])), sys.argv[3])
+"""
+
+
+def test_torchscript_export_runs_without_the_repository_and_equals_eager(exported, tmp_path):
+    checkpoint = exported[0] / "models" / "model.pt"
+    target = export_bundle("ms_nf", tmp_path / "dist", checkpoint, torchscript=True)
+    assert (target / "models" / "model.pt").read_bytes() == checkpoint.read_bytes()
+    graph = target / "models" / "model.ts"
+    assert graph.is_file()
+    assert not [p.name for p in (tmp_path / "dist").iterdir() if p.name != "ms_nf"]  # no staging left
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    x = torch.rand(2, 1, *TINY["image_size"], generator=torch.Generator().manual_seed(1))
+    torch.save(x, outside / "x.pt")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _RUN_TORCHSCRIPT_WITHOUT_REPOSITORY, str(graph), "x.pt", "y.pt"],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with torch.no_grad():
+        eager = eager_network("ms_nf", target / "models" / "model.pt")(x)
+    torch.testing.assert_close(torch.load(outside / "y.pt"), eager, rtol=0, atol=1e-4)
+
+
+def test_failed_torchscript_export_is_a_one_line_error_and_leaves_nothing(exported, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fail(bundle, checkpoint, output, **_):
+        calls.append((bundle, Path(checkpoint), Path(output)))
+        msg = f"ckpt_export of {Path(checkpoint).resolve()} failed (exit code 1):\nTraceback ...\nRuntimeError: boom"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr("tools.export_bundle.export_torchscript", fail)
+    out = tmp_path / "new" / "out"
+    argv = ["ms_nf", str(out), "--checkpoint", str(exported[0] / "models" / "model.pt"), "--torchscript", "--zip"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "bundle 'ms_nf': TorchScript export failed" in err and "RuntimeError: boom" in err
+    assert str(out / "ms_nf" / "models" / "model.pt") in err  # the staging folder is named as the export
+    # it was given the staged copy of the exported model.pt, and nothing of the export is left
+    assert [(b, c.name, c.parent.name, o.name) for b, c, o in calls] == [("ms_nf", "model.pt", "models", "model.ts")]
+    assert not calls[0][1].exists()
+    assert not out.exists() and not out.parent.exists()
