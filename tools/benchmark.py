@@ -5,27 +5,36 @@ The network, the scorer and the slice settings are built from the bundle's own `
 ``--checkpoint`` the config reads the architecture from that ``model.pt`` (:mod:`common.checkpoint`), as the bundle's
 inference does: a model trained with overrides is benchmarked without repeating them, and an override that
 contradicts the checkpoint is a one-line error. Without it, the config's architecture is used (that of the bundle's
-own ``models/model.pt`` when one exists) with random weights. The report has six parts:
+own ``models/model.pt`` when one exists) with random weights. The report has seven parts:
 
 1. model-alone inference throughput (slices/s) at the network input size: inputs already on the device,
-   ``torch.inference_mode()``, and on CUDA bf16 autocast (when the config's ``amp`` is on) and ``channels_last``;
-   warm-up iterations first, then timed iterations;
-2. peak memory of the timed sections: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the peak resident set
+   ``torch.inference_mode()``, warm-up iterations first, then timed iterations. ``--precision`` picks fp32 or bf16
+   autocast (``auto``, the default: bf16 on CUDA when the config's ``amp`` is on, else fp32; bf16 on the CPU is
+   ``torch.autocast("cpu", dtype=torch.bfloat16)``), ``--channels-last/--no-channels-last`` the memory format (default:
+   ``channels_last`` on CUDA only) and ``--compile`` wraps the network in ``torch.compile`` (inductor) for this part
+   only: its first call, which compiles, is timed apart (``compile_first_call_s``) before the warm-up iterations. So
+   one tool reports fp32 eager, bf16 + ``channels_last`` and the same with ``torch.compile``;
+2. the fraction of the device's peak: achieved FLOP/s (FLOPs per slice x slices/s) over the peak FLOP/s, and the
+   compute-bound rate peak / FLOPs per slice (``floor_slices_per_s``). On CUDA the peak is the datasheet dense peak of
+   :data:`GPU_PEAK_TFLOPS` for the timed precision (bf16 with autocast, else fp32 without tensor cores; cuDNN may run
+   fp32 convolutions in TF32, so an fp32 fraction can exceed 1); a GPU not in the table gets no peak. On the CPU it is
+   the measured rate of a square ``torch.mm`` in the timed precision (:func:`measured_matmul_flops`);
+3. peak memory of the timed sections: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the peak resident set
    size (``ru_maxrss``, whose high-water mark is reset before each section where Linux allows it) and its increase
    over the resident size at the start of the section;
-3. brain extraction: the seconds per volume of :class:`common.brain.ExtractBrainMaskd` with the bundle's
+4. brain extraction: the seconds per volume of :class:`common.brain.ExtractBrainMaskd` with the bundle's
    ``brain_extraction`` setting (``--brain-extraction`` to change it) on the benchmark volume, timed after one warm-up
    call that loads the networks (deepbet runs on CUDA when it is available, whatever ``--device`` says). A volume the
    extractor rejects as implausible (a synthetic one may be) is reported as not measured, with the reason;
-4. end-to-end time for one float32 NIfTI volume, a real one (``--volume``) or a synthetic one (default
+5. end-to-end time for one float32 NIfTI volume, a real one (``--volume``) or a synthetic one (default
    240 x 240 x 155, the BraTS grid): read, extract the brain, strip and normalise
    (:func:`common.volumes.load_record`), maps and scores (:func:`common.inference.predict_volume`), write
-   (:func:`common.volumes.write_map`), the same calls the bundle's batch inference makes. The brain extraction of
-   part 3 is included (in "read + normalise") when it was measured; when the extractor rejected the volume, the volume
-   runs without extraction;
-5. trainable and total parameter counts and the FLOPs of one slice at the network input size, counted by
+   (:func:`common.volumes.write_map`), the same calls the bundle's batch inference makes (with the bundle's own
+   precision: the switches of part 1 do not apply). The brain extraction of part 4 is included (in "read +
+   normalise") when it was measured; when the extractor rejected the volume, the volume runs without extraction;
+6. trainable and total parameter counts and the FLOPs of one slice at the network input size, counted by
    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; one multiply-add = 2 FLOPs);
-6. the device and the software versions.
+7. the device and the software versions.
 
 Without ``--checkpoint`` the weights are random: the timings do not depend on them. Speed is measured here, never
 asserted in tests.
@@ -36,6 +45,12 @@ Example:
         python -m tools.benchmark ms_nf --output bench_ms_nf.json
         python -m tools.benchmark ms_nf --batch-size 32 --override n_blocks=8 --override hidden_channels=64
         python -m tools.benchmark ms_nf --image-size 128 --volume scans/sub-01_T1w.nii.gz
+
+    fp32 eager, then bf16 with ``channels_last``, then the same through ``torch.compile``::
+
+        python -m tools.benchmark ms_nf --precision fp32 --no-channels-last
+        python -m tools.benchmark ms_nf --precision bf16 --channels-last
+        python -m tools.benchmark ms_nf --precision bf16 --channels-last --compile
 """
 
 from __future__ import annotations
@@ -45,8 +60,10 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -94,6 +111,43 @@ logger = logging.getLogger(__name__)
 PROG = "python -m tools.benchmark"
 DEFAULT_VOLUME_SHAPE: tuple[int, int, int] = (240, 240, 155)
 """The BraTS grid: 240 x 240 in-plane, 155 axial slices, 1 mm isotropic."""
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""``--precision`` values: ``auto`` is bf16 autocast on CUDA when the config's ``amp`` is on, fp32 otherwise."""
+
+GPU_PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
+    # Vendor datasheet peaks in TFLOP/s, dense (without the 2:4 sparsity doubling). bf16/fp16: tensor cores with fp32
+    # accumulation; fp32: the CUDA cores (not TF32). None: the GPU has no such tensor-core mode.
+    "H100 SXM": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0},
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3},
+    "A10": {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2},
+    "V100 SXM2": {"bf16": None, "fp16": 125.0, "fp32": 15.7},
+    "V100 PCIe": {"bf16": None, "fp16": 112.0, "fp32": 14.0},
+    "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6},
+    "T4": {"bf16": None, "fp16": 65.0, "fp32": 8.1},
+}
+"""Datasheet dense peak TFLOP/s of known GPUs by precision, looked up by :func:`gpu_peak_flops`."""
+
+# torch.cuda.get_device_name() patterns (case-insensitive search) -> GPU_PEAK_TFLOPS key, first match wins. Variants
+# with other figures (H100 NVL, H200 NVL, GH200, V100S, RTX 4090 D, laptop GPUs, A10G) match none: no peak is better
+# than a wrong one.
+_GPU_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"\bH100\b(?!.*\bNVL\b).*\bPCIe\b", "H100 PCIe"),
+    (r"\bH100\b(?!.*\bNVL\b).*\b(SXM|HBM3)", "H100 SXM"),
+    (r"\bH200\b(?!.*\bNVL\b)", "H200"),
+    (r"\bA100\b", "A100"),
+    (r"\bL40S\b", "L40S"),
+    (r"\bL4\b", "L4"),
+    (r"\bA10\b", "A10"),
+    (r"\bV100\b.*\bSXM", "V100 SXM2"),
+    (r"\bV100\b.*\bPCIe\b", "V100 PCIe"),
+    (r"\bRTX 4090\b(?!\s*D\b)(?!.*\bLaptop\b)", "RTX 4090"),
+    (r"\bT4\b", "T4"),
+)
 
 _MIB = 1024.0 * 1024.0
 _PHANTOM_MIN_SHAPE = (32, 32, 8)  # smallest volume tools.phantoms.make_volume renders
@@ -169,6 +223,147 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         msg = f"--device: only cpu and cuda are supported, got {device!r}"
         raise ValueError(msg)
     return resolved
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The device's peak FLOP/s
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` failed on this machine (e.g. inductor found no working C++ compiler)."""
+
+
+def gpu_peak_flops(name: str, precision: str) -> tuple[float | None, str]:
+    """The datasheet dense peak FLOP/s of a GPU from :data:`GPU_PEAK_TFLOPS`, matched on its name.
+
+    Args:
+        name: the GPU's name as :func:`torch.cuda.get_device_name` gives it (``"NVIDIA H100 80GB HBM3"``).
+        precision: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    Returns:
+        ``(flops_per_s, source)``: the peak in FLOP/s and a line saying where it comes from; ``(None, reason)`` for a
+        GPU the table does not hold, or one without that precision. Nothing is guessed.
+
+    Raises:
+        ValueError: for another precision.
+
+    Example:
+        >>> gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16")
+        (989000000000000.0, 'datasheet dense bf16 peak of the H100 SXM (989 TFLOP/s)')
+        >>> gpu_peak_flops("Mystery GPU", "fp32")
+        (None, 'unknown GPU Mystery GPU: no peak in the table')
+    """
+    if precision not in ("bf16", "fp16", "fp32"):
+        msg = f"precision: expected bf16, fp16 or fp32, got {precision!r}"
+        raise ValueError(msg)
+    key = next((k for pattern, k in _GPU_NAME_PATTERNS if re.search(pattern, name, flags=re.IGNORECASE)), None)
+    if key is None:
+        return None, f"unknown GPU {name}: no peak in the table"
+    tflops = GPU_PEAK_TFLOPS[key][precision]
+    if tflops is None:
+        known = ", ".join(f"{p} {v:g}" for p, v in GPU_PEAK_TFLOPS[key].items() if v is not None)
+        return None, f"the {key} has no {precision} tensor cores: no {precision} peak ({known} TFLOP/s)"
+    kind = " (CUDA cores, not TF32)" if precision == "fp32" else ""
+    return tflops * 1e12, f"datasheet dense {precision} peak of the {key}{kind} ({tflops:g} TFLOP/s)"
+
+
+def measured_matmul_flops(
+    device: str | torch.device = "cpu", size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """The best FLOP/s of ``torch.mm`` on two square ``size`` x ``size`` matrices, after one warm-up product.
+
+    It runs with the current ``torch.get_num_threads()``; one product counts ``2 * size**3`` FLOPs.
+
+    Args:
+        device: where the matrices live.
+        size: the matrix side.
+        repeats: timed products; the fastest one gives the rate.
+        dtype: the matrices' dtype (``torch.float32``; ``torch.bfloat16`` for a bf16 rate).
+
+    Returns:
+        FLOP/s of the fastest product (finite and positive).
+
+    Raises:
+        ValueError: for a non-positive ``size`` or ``repeats``.
+    """
+    size = _positive_int("size", size)
+    repeats = _positive_int("repeats", repeats)
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.rand(size, size, generator=generator).to(device=device, dtype=dtype)
+    best = math.inf
+    with torch.inference_mode():
+        torch.mm(a, b)
+        _sync(device)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / max(best, 1e-9)
+
+
+def device_peak_flops(
+    device: str | torch.device, precision: str, name: str | None = None, matmul_size: int = 1024
+) -> tuple[float | None, str]:
+    """The peak FLOP/s of ``device`` in ``precision``: the datasheet table on CUDA, a measured matmul on the CPU.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"bf16"`` or ``"fp32"``, the precision the timed run used.
+        name: the GPU name to look up; ``None`` asks :func:`torch.cuda.get_device_name` (ignored on the CPU).
+        matmul_size: the matrix side of the CPU measurement.
+
+    Returns:
+        ``(flops_per_s, source)``; ``flops_per_s`` is ``None`` for a GPU :data:`GPU_PEAK_TFLOPS` does not hold.
+
+    Raises:
+        ValueError: for another precision or device type.
+    """
+    device = torch.device(device)
+    if precision not in ("bf16", "fp32"):
+        msg = f"precision: expected bf16 or fp32, got {precision!r}"
+        raise ValueError(msg)
+    if device.type == "cuda":
+        return gpu_peak_flops(torch.cuda.get_device_name(device) if name is None else name, precision)
+    if device.type != "cpu":
+        msg = f"device: only cpu and cuda are supported, got {str(device)!r}"
+        raise ValueError(msg)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    flops = measured_matmul_flops(device, matmul_size, dtype=dtype)
+    threads = torch.get_num_threads()
+    return flops, f"measured {precision} matmul rate: torch.mm {matmul_size}x{matmul_size}, {threads} threads"
+
+
+def peak_fraction(flops_per_slice: float, slices_per_s: float, peak: float | None, source: str) -> dict[str, Any]:
+    """The ``peak`` section of the results: achieved FLOP/s, the peak, their ratio and the compute-bound rate.
+
+    Args:
+        flops_per_slice: FLOPs of one slice (:class:`torch.utils.flop_counter.FlopCounterMode`).
+        slices_per_s: the measured model-alone throughput.
+        peak: the device's peak FLOP/s, ``None`` when unknown.
+        source: where ``peak`` comes from (or why there is none).
+
+    Returns:
+        ``flops_per_s`` (``flops_per_slice * slices_per_s``), ``peak_flops_per_s``, ``peak_source``,
+        ``fraction_of_peak`` (``flops_per_s / peak_flops_per_s``) and ``floor_slices_per_s`` (``peak /
+        flops_per_slice``: the throughput if every counted FLOP ran at the peak); the last two are ``None`` without a
+        peak or without FLOPs.
+
+    Example:
+        >>> peak_fraction(2e9, 100.0, 1e12, "table")["fraction_of_peak"]
+        0.2
+    """
+    achieved = float(flops_per_slice) * float(slices_per_s)
+    usable = peak is not None and math.isfinite(peak) and peak > 0
+    return {
+        "flops_per_s": achieved if math.isfinite(achieved) else None,
+        "peak_flops_per_s": float(peak) if usable else None,
+        "peak_source": source,
+        "fraction_of_peak": achieved / peak if usable and math.isfinite(achieved) else None,
+        "floor_slices_per_s": peak / flops_per_slice if usable and flops_per_slice > 0 else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -342,28 +537,70 @@ def _count_flops(network: nn.Module, sample: torch.Tensor) -> tuple[int, dict[st
     return int(counter.get_total_flops()), dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: first line`` of the innermost cause of ``error`` (dynamo wraps a backend's error in ``inner_exception``).
+
+    Dynamo's hints (``Set TORCHDYNAMO_VERBOSE=1 ...``) are left out.
+    """
+    seen = {id(error)}
+    while True:
+        inner = getattr(error, "inner_exception", None) or error.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        error = inner
+    lines = [
+        line.strip()
+        for line in str(error).splitlines()
+        if line.strip() and not line.strip().startswith(("Set TORCHDYNAMO_VERBOSE", "For even more developer"))
+    ]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def _time_model(
     network: nn.Module,
     inputs: torch.Tensor,
     device: torch.device,
     warmup: int,
     iterations: int,
-    amp: bool,
-) -> tuple[list[float], dict[str, Any]]:
-    """Seconds per forward pass of ``inputs`` for each timed iteration, and the peak memory of the timed part."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    bf16: bool,
+    compile: bool = False,  # noqa: A002 - the name of the --compile switch
+) -> tuple[list[float], dict[str, Any], float | None]:
+    """Time forward passes of ``inputs``: bf16 autocast when ``bf16``, through ``torch.compile`` when ``compile``.
+
+    Returns:
+        ``(times, memory, first_call_s)``: the seconds of each timed iteration, the peak memory of the timed part and,
+        with ``compile``, the seconds of the first call (which compiles; it comes before the warm-up iterations).
+
+    Raises:
+        CompileError: when ``torch.compile`` fails on its first call.
+    """
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    forward: Any = network
+    first_call_s = None
     times: list[float] = []
     with torch.inference_mode(), autocast:
+        if compile:
+            forward = torch.compile(network)
+            _sync(device)
+            start = time.perf_counter()
+            try:
+                forward(inputs)
+                _sync(device)
+            except Exception as error:  # dynamo and inductor raise many types; the first call is where they fail
+                msg = f"--compile: torch.compile failed on {device}: {_one_line(error)}"
+                raise CompileError(msg[:500]) from error
+            first_call_s = time.perf_counter() - start
         for _ in range(warmup):
-            network(inputs)
+            forward(inputs)
         _sync(device)
         with _PeakMemory(device) as memory:
             for _ in range(iterations):
                 start = time.perf_counter()
-                network(inputs)
+                forward(inputs)
                 _sync(device)
                 times.append(time.perf_counter() - start)
-    return times, memory.result
+    return times, memory.result, first_call_s
 
 
 def benchmark_network(
@@ -376,14 +613,18 @@ def benchmark_network(
     device: str | torch.device | None,
     amp: bool,
     seed: int = 0,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = False,  # noqa: A002 - the name of the --compile switch
 ) -> dict[str, Any]:
     """The model-alone part of :func:`run_benchmark` for any network: parameters, FLOPs, throughput, peak memory.
 
     :func:`run_benchmark` measures a bundle's network with it, and ``tools.compare`` a network built elsewhere (the
     anomalib peers' torch models), so both go through the same code: random inputs ``(batch_size, in_channels, H,
-    W)`` already on ``device``, ``torch.inference_mode()``, bf16 autocast on CUDA when ``amp`` is on and
-    ``channels_last`` on CUDA; ``warmup`` untimed forward passes, then ``iterations`` timed ones. The network is moved
-    to ``device`` and left there in eval mode and in the default memory format.
+    W)`` already on ``device``, ``torch.inference_mode()``, by default bf16 autocast on CUDA when ``amp`` is on and
+    ``channels_last`` on CUDA; with ``compile``, one first call through ``torch.compile`` (timed apart: it compiles);
+    ``warmup`` untimed forward passes, then ``iterations`` timed ones. The network itself is never replaced by the
+    compiled one: it is left on ``device`` in eval mode and in the default memory format.
 
     Args:
         network: takes ``(B, in_channels, H, W)``; its outputs are not used.
@@ -393,16 +634,23 @@ def benchmark_network(
         warmup: untimed forward passes first.
         iterations: timed forward passes.
         device: ``cpu``, ``cuda`` or ``cuda:N``; ``None``: CUDA when available, else the CPU.
-        amp: bf16 autocast on CUDA (no effect on the CPU).
+        amp: bf16 autocast on CUDA with ``precision="auto"`` (no effect on the CPU).
         seed: seed of the random inputs.
+        precision: ``"fp32"``, ``"bf16"`` (autocast, on the CPU too) or ``"auto"`` (bf16 on CUDA when ``amp``).
+        channels_last: ``channels_last`` network and inputs; ``None``: on CUDA only.
+        compile: time the network wrapped in ``torch.compile``.
 
     Returns:
         ``parameters`` (:func:`count_parameters`), ``flops_per_slice`` and ``flops_by_operator`` (one slice, fp32),
         ``batch_seconds`` (one per timed iteration), ``slices_per_s``, ``memory`` (the timed part, see the module
-        doc), ``bf16_autocast`` and ``channels_last``.
+        doc), ``precision_option`` (``precision`` as given), ``precision`` (``"bf16"`` or ``"fp32"``, as timed),
+        ``bf16_autocast``, ``channels_last``, ``compile``, ``compile_first_call_s`` (``None`` without ``compile``)
+        and ``peak`` (:func:`peak_fraction` with the peak of :func:`device_peak_flops` in that precision).
 
     Raises:
-        ValueError: for non-positive sizes or counts, a negative ``warmup`` or an unusable device.
+        ValueError: for non-positive sizes or counts, a negative ``warmup``, an unusable device or a ``precision``
+            not in :data:`PRECISIONS`.
+        CompileError: when ``compile`` is on and ``torch.compile`` fails on this machine.
     """
     size = _positive_ints("image_size", image_size, 2)
     in_channels = _positive_int("in_channels", in_channels)
@@ -411,8 +659,11 @@ def benchmark_network(
     if isinstance(warmup, bool) or not isinstance(warmup, int | np.integer) or warmup < 0:
         msg = f"warmup: expected a non-negative integer, got {warmup!r}"
         raise ValueError(msg)
+    _check_switches(precision, channels_last, compile)
     torch_device = _resolve_device(device)
     cuda = torch_device.type == "cuda"
+    bf16 = precision == "bf16" or (precision == "auto" and amp and cuda)
+    channels_last = cuda if channels_last is None else channels_last
     network.to(torch_device).eval()
 
     generator = torch.Generator().manual_seed(seed)
@@ -421,31 +672,58 @@ def benchmark_network(
     flops, flops_by_op = _count_flops(network, torch.rand(1, in_channels, *size, generator=generator).to(torch_device))
 
     logger.info(
-        "timing the model on %s: batch %d, %d warm-up + %d timed iterations",
+        "timing the model on %s: batch %d, %s%s%s, %d warm-up + %d timed iterations",
         torch_device,
         batch_size,
+        "bf16 autocast" if bf16 else "fp32",
+        ", channels_last" if channels_last else "",
+        ", torch.compile (the first call compiles)" if compile else "",
         warmup,
         iterations,
     )
     inputs = torch.rand(batch_size, in_channels, *size, generator=generator).to(torch_device)
-    if cuda:
+    if channels_last:
         network.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    times, memory = _time_model(network, inputs, torch_device, warmup, iterations, amp)
-    del inputs
-    if cuda:  # inference runs the network in the default memory format
-        network.to(memory_format=torch.contiguous_format)
+    try:
+        times, memory, first_call_s = _time_model(network, inputs, torch_device, warmup, iterations, bf16, compile)
+    finally:
+        del inputs
+        if channels_last:  # inference runs the network in the default memory format
+            network.to(memory_format=torch.contiguous_format)
     total = sum(times)
+    slices_per_s = batch_size * iterations / total if total > 0 else float("inf")
+    timed_precision = "bf16" if bf16 else "fp32"
+    logger.info("peak FLOP/s of %s in %s", torch_device, timed_precision)
+    peak, peak_source = device_peak_flops(torch_device, timed_precision)
     return {
         "parameters": parameters,
         "flops_per_slice": flops,
         "flops_by_operator": flops_by_op,
         "batch_seconds": times,
-        "slices_per_s": batch_size * iterations / total if total > 0 else float("inf"),
+        "slices_per_s": slices_per_s,
         "memory": memory,
-        "bf16_autocast": amp and cuda,
-        "channels_last": cuda,
+        "precision_option": precision,
+        "precision": timed_precision,
+        "bf16_autocast": bf16,
+        "channels_last": channels_last,
+        "compile": compile,
+        "compile_first_call_s": first_call_s,
+        "peak": peak_fraction(flops, slices_per_s, peak, peak_source),
     }
+
+
+def _check_switches(precision: str, channels_last: bool | None, compile: bool) -> None:  # noqa: A002
+    """Validate the precision, layout and compile switches of the model-alone timing (``ValueError``)."""
+    if precision not in PRECISIONS:
+        msg = f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
+        raise ValueError(msg)
+    if channels_last is not None and not isinstance(channels_last, bool):
+        msg = f"channels_last: expected True, False or None, got {channels_last!r}"
+        raise ValueError(msg)
+    if not isinstance(compile, bool):
+        msg = f"compile: expected True or False, got {compile!r}"
+        raise ValueError(msg)
 
 
 def _synthetic_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
@@ -670,6 +948,9 @@ def run_benchmark(
     seed: int = 0,
     volume: str | Path | None = None,
     brain_extraction: str | None = None,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = False,  # noqa: A002 - the name of the --compile switch
 ) -> dict[str, Any]:
     """Benchmark a bundle's network on one device; see the module docstring for what is measured.
 
@@ -689,10 +970,17 @@ def run_benchmark(
         volume: a real 3D NIfTI volume for the brain extraction and the end-to-end time, instead of a synthetic one.
         brain_extraction: ``"deepbet"``, ``"none"`` or ``"module:function"`` in place of the bundle's
             ``slice_settings.brain_extraction``; ``None`` keeps the bundle's.
+        precision: of the model-alone timing: ``"fp32"``, ``"bf16"`` (autocast, on the CPU too) or ``"auto"`` (bf16
+            on CUDA when the config's ``amp`` is on, else fp32).
+        channels_last: run the model-alone timing in ``channels_last``; ``None``: on CUDA only.
+        compile: time the network wrapped in ``torch.compile`` (its first call, which compiles, is timed apart).
 
     Returns:
         A JSON-serialisable dict with ``bundle``, ``settings``, ``environment``, ``model`` (class, constructor
-        arguments, parameters, FLOPs), ``throughput``, ``memory`` (``model``, ``end_to_end`` and
+        arguments, parameters, FLOPs), ``throughput`` (``slices_per_s``, ``precision``, ``bf16_autocast``,
+        ``channels_last``, ``compile``, ``compile_first_call_s``, ...), ``peak`` (``flops_per_s``,
+        ``peak_flops_per_s``, ``peak_source``, ``fraction_of_peak``, ``floor_slices_per_s``: see
+        :func:`peak_fraction`), ``memory`` (``model``, ``end_to_end`` and
         ``brain_extraction``, ``None`` when not measured), ``brain_extraction`` (``method``, ``measured``,
         ``s_per_volume``, ``first_call_s``, ``brain_volume_ml``, ``device``, ``included_in_end_to_end``, ``reason``)
         and ``end_to_end`` (with ``brain_extraction`` and ``brain_extraction_s_per_volume``).
@@ -701,8 +989,9 @@ def run_benchmark(
         ValueError: for an unknown bundle, a bad override, non-positive sizes or counts, an unusable device, an
             unknown ``brain_extraction``, a ``volume`` that is not a 3D NIfTI volume, an unreadable checkpoint or an
             override that contradicts the checkpoint's architecture
-            (:class:`common.checkpoint.ArchitectureMismatchError`).
+            (:class:`common.checkpoint.ArchitectureMismatchError`), or a ``precision`` not in :data:`PRECISIONS`.
         FileNotFoundError: when ``checkpoint`` or ``volume`` does not exist.
+        CompileError: when ``compile`` is on and ``torch.compile`` fails on this machine.
     """
     batch_size = _positive_int("batch_size", batch_size)
     iterations = _positive_int("iterations", iterations)
@@ -710,6 +999,7 @@ def run_benchmark(
         msg = f"warmup: expected a non-negative integer, got {warmup!r}"
         raise ValueError(msg)
     volume_shape = _positive_ints("volume_shape", volume_shape, 3)
+    _check_switches(precision, channels_last, compile)
     user_overrides = dict(overrides or {})
     overrides = dict(user_overrides)
     if image_size is not None:
@@ -743,10 +1033,22 @@ def run_benchmark(
         size = _positive_ints("image_size", size, 2)
     in_channels = int(_config_value(parser, "network_def#in_channels", 1))
     amp = bool(_config_value(parser, "evaluator#amp", _config_value(parser, "amp", True)))
-    cuda = torch_device.type == "cuda"
     network.to(torch_device).eval()
 
-    alone = benchmark_network(network, size, in_channels, batch_size, warmup, iterations, torch_device, amp, seed)
+    alone = benchmark_network(
+        network,
+        size,
+        in_channels,
+        batch_size,
+        warmup,
+        iterations,
+        torch_device,
+        amp,
+        seed,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+    )
     parameters, times, model_memory = alone["parameters"], alone["batch_seconds"], alone["memory"]
     flops, flops_by_op = alone["flops_per_slice"], alone["flops_by_operator"]
 
@@ -792,10 +1094,15 @@ def run_benchmark(
             "batch_seconds": times,
             "batch_seconds_median": statistics.median(times),
             "batch_seconds_min": min(times),
-            "bf16_autocast": amp and cuda,
-            "channels_last": cuda,
+            "precision_option": alone["precision_option"],
+            "precision": alone["precision"],
+            "bf16_autocast": alone["bf16_autocast"],
+            "channels_last": alone["channels_last"],
+            "compile": alone["compile"],
+            "compile_first_call_s": alone["compile_first_call_s"],
             "inference_mode": True,
         },
+        "peak": alone["peak"],
         "memory": {
             "model": model_memory,
             "end_to_end": end_to_end.pop("memory"),
@@ -821,6 +1128,42 @@ def _flops(value: float) -> str:
     return f"{value:.0f} FLOP"
 
 
+def _precision_text(thr: Mapping[str, Any]) -> str:
+    """``bf16 autocast, channels_last, torch.compile`` or part of it; ``--precision auto`` is named as such."""
+    text = "bf16 autocast" if thr["bf16_autocast"] else "fp32"
+    if thr.get("precision_option", "auto") == "auto":
+        text += " (--precision auto)"
+    if thr["channels_last"]:
+        text += ", channels_last"
+    if thr.get("compile"):
+        text += ", torch.compile"
+    return text
+
+
+def _peak_rows(peak: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The report rows of the ``peak`` section (none for results written before it existed)."""
+    if not peak:
+        return []
+    achieved = "n/a" if peak["flops_per_s"] is None else f"{_flops(peak['flops_per_s'])}/s"
+    if peak["peak_flops_per_s"] is None:
+        return [
+            ("achieved FLOP/s", f"{achieved} (FLOPs / slice x slices/s)"),
+            ("peak FLOP/s", f"n/a: {peak['peak_source']}"),
+            ("fraction of peak", "n/a"),
+        ]
+    fraction = peak["fraction_of_peak"]
+    floor = peak["floor_slices_per_s"]
+    return [
+        ("achieved FLOP/s", f"{achieved} (FLOPs / slice x slices/s)"),
+        ("peak FLOP/s", f"{_flops(peak['peak_flops_per_s'])}/s ({peak['peak_source']})"),
+        ("fraction of peak", "n/a" if fraction is None else f"{100.0 * fraction:.2f} %"),
+        (
+            "compute floor",
+            "n/a" if floor is None else f"{floor:,.1f} slices/s (peak / FLOPs per slice: every counted FLOP at peak)",
+        ),
+    ]
+
+
 def _memory_line(memory: Mapping[str, Any]) -> str:
     return f"peak {_mib(memory['peak_mib'])}, +{_mib(memory['increase_mib'])} over the start ({memory['measure']})"
 
@@ -841,9 +1184,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     thr, e2e = results["throughput"], results["end_to_end"]
     extraction = results["brain_extraction"]
     size = "x".join(map(str, s["image_size"]))
-    precision = ("bf16 autocast" if thr["bf16_autocast"] else "fp32") + (
-        ", channels_last" if thr["channels_last"] else ""
-    )
+    precision = _precision_text(thr)
     versions = f"python {env['python']}, torch {env['torch']}, monai {env['monai']}, numpy {env['numpy']}"
     if env.get("cuda"):
         versions += f", CUDA {env['cuda']}"
@@ -865,6 +1206,12 @@ def format_table(results: Mapping[str, Any]) -> str:
             "batch latency",
             f"median {thr['batch_seconds_median']:.3f} s, min {thr['batch_seconds_min']:.3f} s",
         ),
+        *(
+            [("compile", f"first call {thr['compile_first_call_s']:.2f} s (torch.compile; before the warm-up)")]
+            if thr.get("compile")
+            else []
+        ),
+        *_peak_rows(results.get("peak")),
         ("memory (model)", _memory_line(results["memory"]["model"])),
         (
             "volume",
@@ -928,6 +1275,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="model-alone timing: fp32, bf16 autocast (CPU too) or auto (bf16 on CUDA when the config's amp is on)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="model-alone timing in channels_last (default: on CUDA only)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="model-alone timing through torch.compile; its first call (compilation) is reported apart",
+    )
+    parser.add_argument(
         "--override",
         action="append",
         default=[],
@@ -949,7 +1313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name; ``None`` reads ``sys.argv``.
 
     Returns:
-        0 on success, 2 for bad arguments (one ``error:`` line on stderr).
+        0 on success, 2 for bad arguments, 1 when ``--compile`` fails on this machine (one ``error:`` line on
+        stderr).
     """
     try:
         args = _build_parser().parse_args(None if argv is None else list(argv))
@@ -976,10 +1341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             volume=args.volume,
             brain_extraction=args.brain_extraction,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            compile=args.compile,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except CompileError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
     if args.output is not None:
         with atomic_output(args.output) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -14,7 +14,18 @@ import torch
 from torch import nn
 
 from common.checkpoint import DESCRIPTION_KEY, NetworkDescription
-from tools.benchmark import build_components, format_table, main, parse_overrides, run_benchmark
+from tools.benchmark import (
+    GPU_PEAK_TFLOPS,
+    build_components,
+    device_peak_flops,
+    format_table,
+    gpu_peak_flops,
+    main,
+    measured_matmul_flops,
+    parse_overrides,
+    peak_fraction,
+    run_benchmark,
+)
 from tools.bundles import bundle_dir
 
 BUNDLE = "ms_nf"
@@ -23,6 +34,8 @@ TINY = {"n_blocks": 1, "hidden_channels": 8}
 TINY_ARGS = ["--override", "n_blocks=1", "--override", "hidden_channels=8", "--image-size", "64"]
 TINY_RUN = ["--volume-shape", "40", "40", "6", "--iterations", "1", "--warmup", "1", "--batch-size", "2"]
 NO_EXTRACTION = ["--brain-extraction", "none"]  # no test runs deepbet
+# A tiny AnomalyPro generator (plain convolutions, no backbone): inductor compiles it in seconds to a minute on the CPU.
+TINY_COMPILE_ARGS = ["anomalypro", "--override", "channels=8", "--override", "n_down=1", "--override", "n_res=1"]
 STAND_IN = "tests.tools.test_benchmark:bright_brain"
 STAND_IN_CALLS: list[tuple[int, ...]] = []
 
@@ -61,7 +74,41 @@ BAD_ARGS_CASES = [
     ([BUNDLE, "--brain-extraction", "no_such_module_uad:fn"], "cannot be imported"),  # unimportable extractor
     ([BUNDLE, "--volume", "/no/such/volume.nii.gz"], "volume.nii.gz: --volume not found"),  # missing volume
     ([BUNDLE, "--volume", __file__], "3D NIfTI"),  # not a NIfTI file
+    ([BUNDLE, "--precision", "fp16"], "--precision: invalid choice: 'fp16'"),  # argparse: not auto, fp32 or bf16
+    ([BUNDLE, "--compile", "yes"], "unrecognized arguments: yes"),  # --compile takes no value
 ]
+
+GPU_PEAK_CASES = [
+    # torch.cuda.get_device_name() -> table entry; dense datasheet TFLOP/s for bf16 and fp32
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.0, 67.0),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.0, 51.0),
+    ("NVIDIA H200", "H200", 989.0, 67.0),
+    ("NVIDIA A100-SXM4-80GB", "A100", 312.0, 19.5),
+    ("NVIDIA A100 80GB PCIe", "A100", 312.0, 19.5),
+    ("NVIDIA L40S", "L40S", 362.0, 91.6),
+    ("NVIDIA L4", "L4", 121.0, 30.3),
+    ("NVIDIA A10", "A10", 125.0, 31.2),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090", 165.2, 82.6),
+    ("Tesla V100-SXM2-16GB", "V100 SXM2", None, 15.7),  # no bf16 tensor cores
+    ("Tesla V100-PCIE-32GB", "V100 PCIe", None, 14.0),
+    ("Tesla T4", "T4", None, 8.1),
+]
+
+UNKNOWN_GPUS = [
+    "NVIDIA A10G",  # not the A10 (other clocks)
+    "NVIDIA H100 NVL",  # other figures than SXM and PCIe
+    "NVIDIA GH200 480GB",  # not the H200
+    "NVIDIA GeForce RTX 4090 D",  # the China variant
+    "NVIDIA L40",  # not the L40S, nor the L4
+    "NVIDIA GeForce RTX 3090",  # not in the table
+    "AMD Instinct MI300X",  # not in the table
+]
+
+
+def _rows(table: str) -> dict[str, str]:
+    """``{row name: value}`` of a :func:`format_table` report (name and value are two or more spaces apart)."""
+    pairs = (line.split("  ", 1) for line in table.splitlines()[2:-1])
+    return {name.strip(): value.strip() for name, value in pairs}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +175,95 @@ def test_main_writes_json_and_table(results: tuple[dict, Path]) -> None:
         assert label in table
 
 
+def test_peak_section_is_consistent(results: tuple[dict, Path]) -> None:
+    res, _ = results
+    thr, peak, flops = res["throughput"], res["peak"], res["model"]["flops_per_slice"]
+    # --precision auto on the CPU: fp32 eager in the default layout, as before the switches existed
+    assert thr["precision_option"] == "auto" and thr["precision"] == "fp32" and not thr["bf16_autocast"]
+    assert not thr["channels_last"] and not thr["compile"] and thr["compile_first_call_s"] is None
+    assert peak["peak_source"].startswith("measured fp32 matmul rate: torch.mm 1024x1024")
+    assert peak["flops_per_s"] == pytest.approx(flops * thr["slices_per_s"])
+    assert math.isfinite(peak["peak_flops_per_s"]) and peak["peak_flops_per_s"] > 0
+    assert peak["fraction_of_peak"] == pytest.approx(peak["flops_per_s"] / peak["peak_flops_per_s"])
+    assert peak["floor_slices_per_s"] == pytest.approx(peak["peak_flops_per_s"] / flops)
+    rows = _rows(format_table(res))
+    assert rows["fraction of peak"] == f"{100 * peak['fraction_of_peak']:.2f} %"
+    assert "measured fp32 matmul rate" in rows["peak FLOP/s"] and "FLOP/s" in rows["achieved FLOP/s"]
+    assert rows["compute floor"].startswith(f"{peak['floor_slices_per_s']:,.1f} slices/s")
+    assert "fp32 (--precision auto)" in rows["throughput"] and "compile" not in rows
+
+
+@pytest.mark.parametrize(("name", "key", "bf16", "fp32"), GPU_PEAK_CASES, ids=[c[0] for c in GPU_PEAK_CASES])
+def test_gpu_peak_flops_known(name: str, key: str, bf16: float | None, fp32: float) -> None:
+    assert GPU_PEAK_TFLOPS[key]["bf16"] == bf16 and GPU_PEAK_TFLOPS[key]["fp32"] == fp32
+    value, source = gpu_peak_flops(name, "fp32")
+    assert value == pytest.approx(fp32 * 1e12) and f"dense fp32 peak of the {key} " in source
+    value, source = device_peak_flops("cuda", "bf16", name=name)  # no GPU needed when the name is given
+    if bf16 is None:
+        assert value is None and f"the {key} has no bf16 tensor cores" in source
+    else:
+        assert value == pytest.approx(bf16 * 1e12) and f"dense bf16 peak of the {key} ({bf16:g} TFLOP/s)" in source
+
+
+@pytest.mark.parametrize("name", UNKNOWN_GPUS)
+def test_gpu_peak_flops_unknown_is_not_guessed(name: str) -> None:
+    for precision in ("bf16", "fp32"):
+        assert gpu_peak_flops(name, precision) == (None, f"unknown GPU {name}: no peak in the table")
+
+
+def test_peak_arithmetic_and_bad_precision() -> None:
+    peak = peak_fraction(2e9, 100.0, 1e12, "table")  # 2 GFLOP/slice at 100 slices/s on a 1 TFLOP/s device
+    assert peak == {
+        "flops_per_s": 2e11,
+        "peak_flops_per_s": 1e12,
+        "peak_source": "table",
+        "fraction_of_peak": pytest.approx(0.2),
+        "floor_slices_per_s": pytest.approx(500.0),
+    }
+    unknown = peak_fraction(2e9, 100.0, None, "unknown GPU X: no peak in the table")
+    assert unknown["flops_per_s"] == 2e11 and unknown["fraction_of_peak"] is None
+    assert unknown["peak_flops_per_s"] is None and unknown["floor_slices_per_s"] is None
+    with pytest.raises(ValueError, match="precision: expected bf16, fp16 or fp32, got 'tf32'"):
+        gpu_peak_flops("NVIDIA H200", "tf32")
+    with pytest.raises(ValueError, match="precision: expected bf16 or fp32, got 'fp16'"):
+        device_peak_flops("cpu", "fp16")
+
+
+def test_measured_matmul_flops_is_positive_and_finite() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        rate = measured_matmul_flops("cpu", size=128, repeats=2, dtype=dtype)
+        assert math.isfinite(rate) and rate > 0
+    value, source = device_peak_flops("cpu", "fp32", matmul_size=128)
+    assert math.isfinite(value) and value > 0 and source.startswith("measured fp32 matmul rate: torch.mm 128x128")
+    with pytest.raises(ValueError, match="size"):
+        measured_matmul_flops("cpu", size=0)
+
+
+def test_unknown_gpu_peak_in_the_table(results: tuple[dict, Path]) -> None:
+    res = json.loads(json.dumps(results[0]))
+    source = "unknown GPU NVIDIA A10G: no peak in the table"
+    res["peak"] = peak_fraction(res["model"]["flops_per_slice"], res["throughput"]["slices_per_s"], None, source)
+    json.dumps(res, allow_nan=False)
+    rows = _rows(format_table(res))
+    assert rows["peak FLOP/s"] == f"n/a: {source}" and rows["fraction of peak"] == "n/a"
+    assert "compute floor" not in rows
+    del res["peak"]  # results written before the peak section: no peak rows, no error
+    assert "fraction of peak" not in format_table(res)
+
+
+def test_bf16_channels_last_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bf16.json"
+    argv = [BUNDLE, *TINY_ARGS, *TINY_RUN, *NO_EXTRACTION, "--device", "cpu", "--output", str(out)]
+    assert main([*argv, "--precision", "bf16", "--channels-last"]) == 0
+    res = json.loads(out.read_text())
+    thr, peak = res["throughput"], res["peak"]
+    assert thr["precision_option"] == "bf16" and thr["precision"] == "bf16" and thr["bf16_autocast"]
+    assert thr["channels_last"] and not thr["compile"]
+    assert peak["peak_source"].startswith("measured bf16 matmul rate")  # the peak in the timed precision
+    assert peak["fraction_of_peak"] == pytest.approx(peak["flops_per_s"] / peak["peak_flops_per_s"])
+    assert "bf16 autocast, channels_last)" in capsys.readouterr().out
+
+
 def test_main_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([BUNDLE, *TINY_ARGS, *TINY_RUN, *NO_EXTRACTION, "--device", "cpu", "--image-size", "48", "64"]) == 0
     printed = capsys.readouterr().out
@@ -149,6 +285,10 @@ def test_run_benchmark_raises_value_error() -> None:
         parse_overrides(["n_blocks"])
     with pytest.raises(ValueError, match="batch_size"):
         run_benchmark(BUNDLE, batch_size=0)
+    with pytest.raises(ValueError, match="precision: expected one of auto, fp32, bf16, got 'fp16'"):
+        run_benchmark(BUNDLE, precision="fp16")
+    with pytest.raises(ValueError, match="channels_last: expected True, False or None"):
+        run_benchmark(BUNDLE, channels_last="yes")
 
 
 def _tiny_checkpoint(path: Path, described: bool) -> nn.Module:
@@ -256,3 +396,39 @@ def test_brain_extraction_rejecting_the_synthetic_volume_is_reported_not_raised(
     assert e2e["total_s"] > 0 and res["memory"]["brain_extraction"] is None
     row = next(line for line in format_table(res).splitlines() if line.startswith("brain extraction"))
     assert f"not measured ({STAND_IN})" in row and "ml of brain" in row
+
+
+@pytest.mark.slow  # inductor compiles C++: about 10 s with a warm cache, up to a minute cold on two CPU cores
+def test_compile_times_the_first_call_apart(tmp_path: Path) -> None:
+    out = tmp_path / "compiled.json"
+    argv = [*TINY_COMPILE_ARGS, "--image-size", "32", *TINY_RUN, *NO_EXTRACTION, "--device", "cpu"]
+    assert main([*argv, "--compile", "--precision", "fp32", "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    thr = res["throughput"]
+    assert thr["compile"] and thr["precision"] == "fp32" and not thr["channels_last"]
+    assert thr["compile_first_call_s"] > 0 and math.isfinite(thr["slices_per_s"]) and thr["slices_per_s"] > 0
+    assert len(thr["batch_seconds"]) == 1  # the compiling call is not among the timed iterations
+    peak = res["peak"]
+    assert peak["fraction_of_peak"] == pytest.approx(peak["flops_per_s"] / peak["peak_flops_per_s"])
+    rows = _rows(format_table(res))
+    assert rows["compile"].startswith(f"first call {thr['compile_first_call_s']:.2f} s (torch.compile")
+    assert rows["throughput"].endswith("fp32, torch.compile)")
+
+
+def _no_compiler(graph: torch.fx.GraphModule, example_inputs: list) -> None:
+    msg = "no working C++ compiler found\n(details on a second line)"
+    raise RuntimeError(msg)
+
+
+def test_compile_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A backend that cannot compile (as inductor without a C++ compiler) ends the tool with one error line."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: real_compile(model, backend=_no_compiler))
+    argv = [*TINY_COMPILE_ARGS, "--image-size", "32", *TINY_RUN, *NO_EXTRACTION, "--device", "cpu", "--compile"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err == (
+        "python -m tools.benchmark: error: --compile: torch.compile failed on cpu: "
+        "RuntimeError: no working C++ compiler found"
+    )
