@@ -529,10 +529,21 @@ def count_parameters(network: nn.Module) -> dict[str, int]:
 
 
 def _count_flops(network: nn.Module, sample: torch.Tensor) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass of ``sample`` (float32, no autocast) and their split by operator."""
+    """FLOPs of one forward pass of ``sample`` (float32, no autocast) and their split by operator.
+
+    The parameters' ``requires_grad`` is off during the count (and restored after): the counter's module tracker hooks
+    the gradient of every module input that requires one, which fails for a module called on a bare parameter (the
+    ``softplus(global_scale)`` of the flow blocks in anomalib's FastFlow).
+    """
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        network(sample)
+    requires_grad = [(p, p.requires_grad) for p in network.parameters()]
+    network.requires_grad_(False)
+    try:
+        with torch.inference_mode(), counter:
+            network(sample)
+    finally:
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return int(counter.get_total_flops()), dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
 

@@ -17,7 +17,10 @@ torch threads and software versions), ``test_set`` (files, 2D/3D, slices, abnorm
 "std", "n"}``: ``image_auroc``, ``image_ap``, ``image_f1``, ``image_accuracy``, ``image_recall``, ``pixel_auroc``,
 ``pixel_auroc_foreground``, ``aupro``, ``aupro_foreground``, ``best_dice``, ``dice``, ``volume_auroc``, ...),
 ``cost`` (the same stats for ``train_s``, ``slices_per_s``, ``volume_s``, ``peak_memory_mib``, ``parameters``,
-``gflops_per_slice``) and ``benchmark`` (the full :func:`tools.benchmark.run_benchmark` result).
+``gflops_per_slice``) and ``benchmark`` (the full :func:`tools.benchmark.run_benchmark` result). A peer's row
+(``--peers``, :mod:`tools.compare.peers`) has the same keys: its runs hold ``seed``, ``train_s`` and ``metrics``
+(including the ``_foreground`` ones, inside the foreground the bundles' evaluation uses), its ``benchmark`` is the
+:func:`tools.benchmark.benchmark_network` result of its first seed's torch model, and its ``volume_s`` is empty.
 
 Modules: :mod:`tools.compare.cli` (command line), :mod:`tools.compare.settings` (what to compare),
 :mod:`tools.compare.runner` (the runs), :mod:`tools.compare.predictions` (reading the written maps back),

@@ -4,9 +4,17 @@ anomalib is an optional extra (``pip install 'uad-bundles[peers]'``, anomalib 2.
 tests need it. Each peer trains on the same ``train/good`` images at the same input size, with a randomly
 initialised ResNet18 backbone (no download, like the bundles' ``backbone_weights: null``) and the same epoch budget,
 then predicts the test split; its maps are resized to each test image and scored with :mod:`common.metrics` exactly
-like the bundles. anomalib calibrates no threshold on held-out normal images, so the threshold metrics (F1, Dice at
-the threshold) are left empty for peers. Peers take 2D datasets only (anomalib's ``Folder`` reads images, not
-NIfTI volumes).
+like the bundles, inside the foreground too: each test image's ground truth and foreground come from
+:func:`common.volumes.load_record` with the slice settings of the first compared bundle's ``evaluate.json``
+(:func:`evaluation_slice_settings`), the call the bundles' evaluation makes (the ``brain_mask/`` file when the
+dataset has one, else the foreground computed from the image). anomalib calibrates no threshold on held-out normal
+images, so the threshold metrics (F1, Dice at the threshold) are left empty for peers.
+
+The first seed's trained torch model (``model.model``, eval mode) is benchmarked like the bundles' networks, by
+:func:`tools.benchmark.benchmark_network` (the model-alone code of :func:`tools.benchmark.run_benchmark`) at the
+same input size, benchmark batch size and device, with the 3-channel input anomalib feeds it, in fp32 as anomalib's
+inference runs (:func:`peer_cost`). Peers take 2D datasets only (anomalib's ``Folder`` reads images, not NIfTI
+volumes), so they have no seconds per volume.
 """
 
 from __future__ import annotations
@@ -18,19 +26,39 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from monai.bundle import ConfigParser
 
-from common.data import discover_dataset, load_image
+from common.data import ImageRecord, discover_dataset
 from common.metrics import evaluate_anomaly_detection
+from common.volumes import SliceSettings, load_record
+from tools.bundles import bundle_dir
 from tools.compare.predictions import SlicePredictions
 from tools.compare.report import aggregate, aggregate_runs, one_line_error
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from tools.compare.settings import CompareSettings
 
-__all__ = ["PEERS", "check_peers", "run_peers"]
+__all__ = [
+    "PEERS",
+    "PEER_IN_CHANNELS",
+    "check_peers",
+    "evaluation_ground_truth",
+    "evaluation_slice_settings",
+    "peer_cost",
+    "run_peers",
+]
 
 PEERS = {"padim": "Padim", "fastflow": "Fastflow", "reverse_distillation": "ReverseDistillation"}
 """``--peers`` names and their anomalib model classes."""
+
+PEER_IN_CHANNELS = 3
+"""Channels of a peer's network input: anomalib's ``Folder`` reads every image as RGB and its pre-processor resizes
+and normalises the 3 channels before ``model.model``."""
+
+DEFAULT_IMAGE_SIZE = (256, 256)
+"""A peer's input size when the comparison sets none."""
 
 
 def check_peers(names: Sequence[str]) -> None:
@@ -46,6 +74,69 @@ def check_peers(names: Sequence[str]) -> None:
     if importlib.util.find_spec("anomalib") is None:
         msg = "--peers needs anomalib, which is not installed: pip install 'uad-bundles[peers]'"
         raise ValueError(msg)
+
+
+def evaluation_slice_settings(settings: CompareSettings) -> SliceSettings:
+    """The slice settings the bundles' evaluation uses on this comparison's test set.
+
+    The ``slice_settings`` of the first compared bundle's ``configs/evaluate.json`` with the comparison's overrides
+    for that bundle (all bundles ship the same foreground settings; a per-bundle override is followed for the first
+    bundle only).
+    """
+    from tools.compare.runner import config_overrides
+
+    bundle = settings.bundles[0]
+    overrides = {**settings.overrides, **settings.bundle_overrides.get(bundle, {})}
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(bundle) / "configs" / "evaluate.json"))
+    for key, value in config_overrides(bundle, overrides)["evaluate.json"].items():
+        parser[key] = value
+    return parser.get_parsed_content("slice_settings", instantiate=True)
+
+
+def evaluation_ground_truth(record: ImageRecord, slice_settings: SliceSettings) -> tuple[np.ndarray | None, np.ndarray]:
+    """The ground-truth mask (``None`` without a mask file) and the foreground of a 2D test image, ``(X, Y)``.
+
+    Both come from :func:`common.volumes.load_record`, as in :class:`common.evaluation.AnomalyEvaluation`: the
+    ``brain_mask/`` file when the record has one, else the foreground computed from the normalised image.
+    """
+    loaded = load_record(record, slice_settings)
+    mask = loaded.slice(loaded.mask, 0) if loaded.mask is not None else None
+    return mask, loaded.slice(loaded.foreground, 0)
+
+
+def peer_cost(network: nn.Module, settings: CompareSettings) -> dict[str, Any]:
+    """Benchmark a peer's torch model as the bundles' networks are benchmarked in the same comparison.
+
+    :func:`tools.benchmark.benchmark_network` with :data:`PEER_IN_CHANNELS` input channels at the comparison's image
+    size (:data:`DEFAULT_IMAGE_SIZE` when it sets none), ``bench_batch_size``, ``bench_warmup``,
+    ``bench_iterations`` and device; fp32 (anomalib's inference runs without autocast).
+
+    Returns:
+        ``{"cost": {...}, "benchmark": {...}, "input_size": "HxW"}`` like the bundles' rows; ``volume_s`` is ``None``
+        (peers take 2D images only).
+    """
+    from tools.benchmark import benchmark_network
+
+    size = tuple(settings.image_size or DEFAULT_IMAGE_SIZE)
+    bench = benchmark_network(
+        network,
+        size,
+        PEER_IN_CHANNELS,
+        settings.bench_batch_size,
+        settings.bench_warmup,
+        settings.bench_iterations,
+        settings.device,
+        amp=False,
+    )
+    cost = {
+        "slices_per_s": bench["slices_per_s"],
+        "volume_s": None,
+        "peak_memory_mib": bench["memory"].get("peak_mib"),
+        "parameters": bench["parameters"]["total"],
+        "gflops_per_slice": bench["flops_per_slice"] / 1e9,
+    }
+    return {"cost": cost, "benchmark": bench, "input_size": "x".join(str(v) for v in size)}
 
 
 def _build_model(name: str, image_size: Sequence[int]) -> Any:
@@ -93,15 +184,20 @@ def _resize(anomaly_map: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return interpolate(tensor, size=shape[::-1], mode="bilinear", align_corners=False)[0, 0].numpy().T
 
 
-def _run_one(name: str, settings: CompareSettings, seed: int) -> tuple[dict[str, Any], SlicePredictions]:
-    """Train and predict one peer for one seed; its metrics (common.metrics) and per-image predictions."""
+def _run_one(
+    name: str, settings: CompareSettings, seed: int, benchmark: bool
+) -> tuple[dict[str, Any], SlicePredictions, dict[str, Any] | None]:
+    """Train and predict one peer for one seed; its metrics (common.metrics), per-image predictions and cost.
+
+    With ``benchmark``, the trained ``model.model`` is benchmarked (:func:`peer_cost`); else the cost is ``None``.
+    """
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     seed_everything(seed, workers=True)
     run_dir = settings.output_dir / "runs" / name / f"seed{seed}"
     datamodule = _datamodule(settings, seed)
-    model = _build_model(name, settings.image_size or (256, 256))
+    model = _build_model(name, settings.image_size or DEFAULT_IMAGE_SIZE)
     accelerator = "gpu" if (settings.device or "").startswith("cuda") else "cpu" if settings.device else "auto"
     engine = Engine(
         max_epochs=settings.max_epochs or 1, accelerator=accelerator, devices=1, default_root_dir=run_dir, logger=False
@@ -110,17 +206,26 @@ def _run_one(name: str, settings: CompareSettings, seed: int) -> tuple[dict[str,
     engine.fit(model=model, datamodule=datamodule)
     train_s = time.perf_counter() - start
     records = {str(r.image.resolve()): r for r in discover_dataset(settings.dataset, require_test=True).test}
+    slice_settings = evaluation_slice_settings(settings)
     pred = SlicePredictions(records=records)
+    foregrounds: list[np.ndarray] = []
     for batch in engine.predict(model=model, dataloaders=datamodule.test_dataloader()):
         for path, score, amap in zip(batch.image_path, batch.pred_score, batch.anomaly_map, strict=True):
             record = records[str(Path(path).resolve())]
-            mask = np.asarray(load_image(record.mask)) > 0 if record.mask is not None else None
-            shape = mask.shape if mask is not None else np.asarray(load_image(record.image)).shape[:2]
-            pred.append(record, 0, float(score), _resize(np.squeeze(amap.cpu().numpy()), shape), mask)
+            mask, foreground = evaluation_ground_truth(record, slice_settings)
+            pred.append(record, 0, float(score), _resize(np.squeeze(amap.cpu().numpy()), foreground.shape), mask)
+            foregrounds.append(foreground)
     with_gt = [i for i, m in enumerate(pred.masks) if m is not None]
-    pixel = {"masks": [pred.masks[i] for i in with_gt], "maps": [pred.maps[i] for i in with_gt]} if with_gt else {}
+    pixel: dict[str, Any] = {}
+    if with_gt and any(pred.masks[i].any() for i in with_gt):  # as the bundles' evaluation
+        pixel = {
+            "masks": [pred.masks[i] for i in with_gt],
+            "maps": [pred.maps[i] for i in with_gt],
+            "foreground": [foregrounds[i] for i in with_gt],
+        }
     metrics = evaluate_anomaly_detection(np.asarray(pred.labels), np.asarray(pred.scores), **pixel)
-    return {"seed": seed, "train_s": train_s, "metrics": metrics}, pred
+    cost = peer_cost(model.model, settings) if benchmark else None
+    return {"seed": seed, "train_s": train_s, "metrics": metrics}, pred, cost
 
 
 def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, Any], SlicePredictions | None]]:
@@ -128,12 +233,14 @@ def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, 
     for name in settings.peers:
         row: dict[str, Any] = {"name": f"{name} (anomalib)", "kind": "peer", "status": "ok", "error": None, "runs": []}
         first: SlicePredictions | None = None
+        cost: dict[str, Any] | None = None
         try:
             for seed in settings.seeds:
                 step.start(f"{name} (anomalib) seed {seed}")
-                run, pred = _run_one(name, settings, seed)
+                run, pred, seed_cost = _run_one(name, settings, seed, benchmark=cost is None)
                 row["runs"].append(run)
                 first = first or pred
+                cost = cost or seed_cost
                 step.done()
         except Exception as error:  # anomalib raises many types; the row reports it and the comparison goes on
             row.update(status="failed", error=one_line_error(error))
@@ -141,5 +248,7 @@ def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, 
             yield row, None
             continue
         row["metrics"] = aggregate_runs([run["metrics"] for run in row["runs"]])
+        row.update(benchmark=cost["benchmark"], input_size=cost["input_size"])
         row["cost"] = {"train_s": aggregate(run["train_s"] for run in row["runs"])}
+        row["cost"].update({key: aggregate([value]) for key, value in cost["cost"].items()})
         yield row, first

@@ -228,6 +228,18 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "`torch.cuda.max_memory_allocated` on CUDA, peak RSS of the benchmark process on the CPU; FLOPs counted by "
         "`torch.utils.flop_counter.FlopCounterMode` (one multiply-add = 2) at the configured size. All from "
         "`tools.benchmark.run_benchmark` on the first seed's model.",
+    ]
+    if any(row.get("kind") == "peer" for row in rows):
+        lines += [
+            "- anomalib peers: trained on the same images, size and epochs with a random-init ResNet18; anomalib "
+            "calibrates no threshold on held-out normal images, so `@thr` is empty. Their maps, resized to each test "
+            "image, are scored by the same metric code; `(fg)` uses the foreground the bundles' evaluation uses for "
+            "the same image (`brain_mask/` file, else the computed foreground). Their cost columns come from "
+            "`tools.benchmark.benchmark_network`, the model-alone code of `run_benchmark`, on the first seed's "
+            "`model.model` (3-channel input, fp32 as anomalib runs it) at the same size, batch size and device; "
+            "s / volume stays empty (they take 2D images only).",
+        ]
+    lines += [
         "- Figures: `roc_image.png`, `roc_pixel.png`, `score_histograms.png`, `overlays.png` (first seed).",
         "",
     ]

@@ -175,7 +175,7 @@ def _benchmark(
         device=settings.device,
         overrides=overrides,
         checkpoint=checkpoint,
-        warmup=1,
+        warmup=settings.bench_warmup,
     )
     memory = bench["memory"]
     peaks = [m["peak_mib"] for m in (memory["model"], memory["end_to_end"]) if m.get("peak_mib") is not None]

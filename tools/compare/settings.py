@@ -34,6 +34,7 @@ class CompareSettings:
         peers: anomalib reference models to add (:mod:`tools.compare.peers`).
         bench_batch_size: slices per forward pass in the benchmark.
         bench_iterations: timed forward passes in the benchmark.
+        bench_warmup: untimed forward passes before them (bundles and peers alike).
         volume_shape: the benchmark's synthetic volume; ``None``: the first test volume's shape for a 3D test set,
             else 240 x 240 x 155.
         n_overlays: test slices in the overlay grid.
@@ -56,6 +57,7 @@ class CompareSettings:
     peers: list[str] = field(default_factory=list)
     bench_batch_size: int = 8
     bench_iterations: int = 3
+    bench_warmup: int = 1
     volume_shape: tuple[int, int, int] | None = None
     n_overlays: int = 6
     timeout_s: float | None = None
