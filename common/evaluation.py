@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from common.inference import VolumeRunner
 from common.io import atomic_output
 from common.metrics import evaluate_anomaly_detection, image_metrics
 from common.results import EvaluationResult
-from common.volumes import load_record
+from common.volumes import LoadedImage
 
 __all__ = ["AnomalyEvaluation", "write_json_atomic"]
 
@@ -61,16 +62,27 @@ class AnomalyEvaluation(VolumeRunner):
         """The test records of the dataset (``test/<class>/`` with their masks)."""
         return discover_dataset(self.dataset_dir, require_test=True).test
 
+    @staticmethod
+    def _readable(
+        loaded_files: Iterator[tuple[ImageRecord, LoadedImage | Exception]],
+    ) -> Iterator[tuple[ImageRecord, LoadedImage]]:
+        """The files that could be read; an unreadable one (``ValueError``) is logged and skipped, others raise."""
+        for record, loaded in loaded_files:
+            if isinstance(loaded, ValueError):
+                logger.error("skipped %s", loaded)
+                continue
+            if isinstance(loaded, BaseException):
+                raise loaded
+            yield record, loaded
+
     def predict_test_set(self) -> EvaluationResult:
         """Run the detector over the test split (unreadable files are logged and skipped)."""
         result = EvaluationResult()
-        for record in self.dataset_records():
-            try:
-                loaded = load_record(record, self.slice_settings)
-            except ValueError as error:
-                logger.error("skipped %s", error)
-                continue
-            maps, scores, selected, vol_score = self.predict(loaded)
+        readable = self._readable(self.load_files(self.dataset_records()))
+        for record, loaded, prediction in self.predict_files(readable, extra_outputs=False):
+            if isinstance(prediction, BaseException):
+                raise prediction
+            maps, scores, selected, vol_score, _ = prediction
             for i in selected:
                 mask = loaded.slice(loaded.mask, i) if loaded.mask is not None else None
                 result.labels.append(int(mask.any()) if mask is not None else int(record.label))

@@ -44,6 +44,7 @@ __all__ = [
     "dsam_subnet_constructor",
     "flow_nll",
     "foreground_weights",
+    "full_precision",
     "invert_flow",
     "position_nll",
     "positional_encoding_map",
@@ -410,7 +411,7 @@ def run_flow_with_local_log_det(flow: nn.Module, x: Tensor, condition: Tensor | 
     def _record(block: Fm.GLOWCouplingBlock, scale_channels: int):
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
             s = block.clamp * block.f_clamp(output[:, :scale_channels])
-            shares.append(s.sum(dim=1, keepdim=True))
+            shares.append(full_precision(s).sum(dim=1, keepdim=True))
 
         return hook
 
@@ -431,6 +432,15 @@ def run_flow_with_local_log_det(flow: nn.Module, x: Tensor, condition: Tensor | 
     return LocalFlowOutput(out.z, out.log_jac_det, log_jac_map)
 
 
+def full_precision(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32 when it is in a half type (bf16 / fp16 autocast outputs), else unchanged.
+
+    Sums of squared latents and log-determinants run in at least float32: in bf16 a sum over hundreds of channels
+    keeps only about three significant digits. Float64 stays float64 (the numerical Jacobian checks use it).
+    """
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def position_nll(z: Tensor, log_jac_map: Tensor) -> Tensor:
     r"""Per-position negative log-likelihood :math:`\tfrac12\lVert z_{:,h,w} \rVert^2 - \ell_{h,w}` (DNFAD Eq. 12).
 
@@ -440,7 +450,8 @@ def position_nll(z: Tensor, log_jac_map: Tensor) -> Tensor:
 
     Returns:
         the NLL map ``(B, 1, H, W)`` (the Gaussian constant :math:`\tfrac{C}{2}\log 2\pi` dropped); its sum over
-        positions is the per-sample NLL :math:`\tfrac12\lVert z \rVert^2 - \log|\det J|`.
+        positions is the per-sample NLL :math:`\tfrac12\lVert z \rVert^2 - \log|\det J|`, in float32 (also under
+        bf16 autocast).
     """
     if z.ndim != 4 or log_jac_map.shape != (z.shape[0], 1, *z.shape[2:]):
         msg = (
@@ -448,7 +459,7 @@ def position_nll(z: Tensor, log_jac_map: Tensor) -> Tensor:
             f"{tuple(log_jac_map.shape)}."
         )
         raise ValueError(msg)
-    return 0.5 * z.pow(2).sum(dim=1, keepdim=True) - log_jac_map
+    return 0.5 * full_precision(z).pow(2).sum(dim=1, keepdim=True) - full_precision(log_jac_map)
 
 
 def positional_encoding_map(channels: int, height: int, width: int) -> Tensor:
@@ -539,7 +550,7 @@ def flow_nll(z: Tensor, log_jac_det: Tensor) -> Tensor:
         )
         raise ValueError(msg)
     n_elements = z[0].numel()
-    return (0.5 * z.pow(2).flatten(1).sum(dim=1) - log_jac_det) / n_elements
+    return (0.5 * full_precision(z).pow(2).flatten(1).sum(dim=1) - full_precision(log_jac_det)) / n_elements
 
 
 def check_foreground_targets(targets: object) -> Tensor:

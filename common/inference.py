@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,9 @@ from common.data import IMAGE_SUFFIXES, ImageRecord, file_stem
 from common.distributed import gather_to_first, init_process_group, is_first_process, leave_process_group, shard
 from common.io import atomic_output
 from common.scoring import MapScorer, volume_score
+from common.slice_batches import CrossFileSliceBatcher
 from common.training import load_checkpoint
-from common.volumes import LoadedImage, SliceSettings, SliceWiseInferer, load_record, select_slices, write_map
+from common.volumes import LoadedImage, SliceSettings, load_record, select_slices, write_map
 
 __all__ = [
     "ANOMALY_OUTPUT",
@@ -133,7 +133,41 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Sequence[Seq
     return path
 
 
-@torch.inference_mode()
+def network_forward(network: nn.Module, extra_outputs: bool = True) -> tuple[Callable[..., Any], bool]:
+    """The callable a runner feeds slices to: ``forward_outputs`` (when wanted and present) or the network itself.
+
+    Returns:
+        ``(forward, uses_outputs)``; a DDP-wrapped network is unwrapped for ``forward_outputs``.
+    """
+    use_outputs = extra_outputs and has_extra_outputs(network)
+    model = network.module if hasattr(network, "module") else network
+    return (getattr(model, OUTPUTS_METHOD) if use_outputs else network), use_outputs
+
+
+def split_outputs(raw: Any, network: nn.Module, use_outputs: bool) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """The anomaly map ``(C, X, Y, Z)`` and the extra outputs (float32 numpy) of a file's stitched outputs.
+
+    Raises:
+        ValueError: when ``forward_outputs`` returned no ``"anomaly"`` entry or uses a reserved name.
+    """
+    if not use_outputs:
+        return raw, {}
+    model = network.module if hasattr(network, "module") else network
+    if not isinstance(raw, dict) or ANOMALY_OUTPUT not in raw:
+        names = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        msg = f"{type(model).__name__}.{OUTPUTS_METHOD} must return a dict with {ANOMALY_OUTPUT!r}, got {names}"
+        raise ValueError(msg)
+    extras: dict[str, np.ndarray] = {}
+    for name, value in raw.items():
+        if name == ANOMALY_OUTPUT:
+            continue
+        if name in _RESERVED_OUTPUTS or not str(name).isidentifier():
+            msg = f"extra output name {name!r} is reserved or not an identifier (reserved: {_RESERVED_OUTPUTS})"
+            raise ValueError(msg)
+        extras[str(name)] = value.float().cpu().numpy()
+    return raw[ANOMALY_OUTPUT], extras
+
+
 def predict_volume_outputs(
     network: nn.Module,
     loaded: LoadedImage,
@@ -163,30 +197,21 @@ def predict_volume_outputs(
     Raises:
         ValueError: when ``forward_outputs`` returns no ``"anomaly"`` entry or uses a reserved name.
     """
-    device = torch.device(device)
-    image = torch.from_numpy(loaded.image)[None, None].to(device)
-    inferer = SliceWiseInferer(spatial_dim=loaded.axis, sw_batch_size=sw_batch_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
-    use_outputs = extra_outputs and has_extra_outputs(network)
-    model = network.module if hasattr(network, "module") else network
-    with autocast:
-        raw = inferer(image, getattr(model, OUTPUTS_METHOD) if use_outputs else network)
-    extras: dict[str, np.ndarray] = {}
-    if use_outputs:
-        if not isinstance(raw, dict) or ANOMALY_OUTPUT not in raw:
-            names = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-            msg = f"{type(model).__name__}.{OUTPUTS_METHOD} must return a dict with {ANOMALY_OUTPUT!r}, got {names}"
-            raise ValueError(msg)
-        for name, value in raw.items():
-            if name == ANOMALY_OUTPUT:
-                continue
-            if name in _RESERVED_OUTPUTS or not str(name).isidentifier():
-                msg = f"extra output name {name!r} is reserved or not an identifier (reserved: {_RESERVED_OUTPUTS})"
-                raise ValueError(msg)
-            extras[str(name)] = value[0].float().cpu().numpy()
-        raw = raw[ANOMALY_OUTPUT]
+    forward, use_outputs = network_forward(network, extra_outputs)
+    batcher = CrossFileSliceBatcher(forward, device, sw_batch_size, amp)
+    (done,) = batcher.run([(0, loaded)])
+    if done.error is not None:
+        raise done.error
+    return _maps_and_scores(done.outputs, loaded, network, use_outputs, scorer, device)
+
+
+def _maps_and_scores(
+    raw: Any, loaded: LoadedImage, network: nn.Module, use_outputs: bool, scorer: MapScorer, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Scored maps, slice scores and extra outputs of a file from its stitched network outputs."""
+    anomaly, extras = split_outputs(raw, network, use_outputs)
     foreground = torch.from_numpy(loaded.foreground).to(device)
-    maps, scores = score_volume(raw[0, 0], foreground, loaded.axis, scorer)
+    maps, scores = score_volume(anomaly[0], foreground, loaded.axis, scorer)
     return maps.cpu().numpy(), scores.cpu().numpy(), extras
 
 
@@ -260,6 +285,10 @@ class VolumeRunner:
         sw_batch_size: slices per forward pass.
         volume_method: how slice scores become a volume score (``"max"`` or ``"mean"``).
         amp: bf16 autocast on CUDA.
+        channels_last: run the network in ``channels_last`` on CUDA.
+        compile: run the network through ``torch.compile`` (the first batches of each input shape compile it).
+        loader_workers: threads reading and normalising files ahead of the network.
+        prefetch: files read ahead at most (loaded files waiting for the network); default ``loader_workers + 1``.
     """
 
     def __init__(
@@ -274,7 +303,17 @@ class VolumeRunner:
         sw_batch_size: int = 16,
         volume_method: str = "max",
         amp: bool = True,
+        channels_last: bool = True,
+        compile: bool = False,  # noqa: A002 - the config key users know from torch.compile
+        loader_workers: int = 1,
+        prefetch: int | None = None,
     ) -> None:
+        if loader_workers < 1:
+            msg = f"loader_workers must be >= 1, got {loader_workers}"
+            raise ValueError(msg)
+        if prefetch is not None and prefetch < 1:
+            msg = f"prefetch must be >= 1, got {prefetch}"
+            raise ValueError(msg)
         self.network = network
         self.dataset_dir = Path(dataset_dir)
         self.output_dir = Path(output_dir)
@@ -285,6 +324,10 @@ class VolumeRunner:
         self.sw_batch_size = sw_batch_size
         self.volume_method = volume_method
         self.amp = amp
+        self.channels_last = channels_last
+        self.compile = compile
+        self.loader_workers = int(loader_workers)
+        self.prefetch = int(prefetch) if prefetch is not None else self.loader_workers + 1
         volume_score([0.0], volume_method)  # validates the method name now, not after the first volume
 
     @property
@@ -300,6 +343,8 @@ class VolumeRunner:
         if self.checkpoint is not None:
             load_checkpoint(self.network, self.checkpoint)
         self.network.to(self.device).eval()
+        if self.device.type == "cuda" and self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
         stored = getattr(getattr(self.network, "calibration", None), "settings", {}).get("preprocessing", {})
         trained = stored.get("slices") if isinstance(stored, dict) else None
         current = self.slice_settings.as_dict()
@@ -326,16 +371,72 @@ class VolumeRunner:
         Slices that :func:`common.volumes.select_slices` leaves out (too little brain, outside the slice range) get a
         zero map; their scores are returned but take no part in the volume score.
         """
-        maps, scores, extras = predict_volume_outputs(
-            self.network, loaded, self.scorer, self.device, self.sw_batch_size, self.amp, extra_outputs
+        ((_, _, prediction),) = self.predict_files([(0, loaded)], extra_outputs)
+        if isinstance(prediction, BaseException):
+            raise prediction
+        return prediction
+
+    def load_files(self, records: Sequence[ImageRecord]) -> Iterator[tuple[ImageRecord, LoadedImage | Exception]]:
+        """Load and normalise ``records`` in order, ``loader_workers`` threads reading up to ``prefetch`` ahead.
+
+        A file that cannot be loaded comes back as its exception, in its place.
+        """
+        with ThreadPoolExecutor(max_workers=self.loader_workers) as pool:
+            ahead: list[Future] = []
+            for i, record in enumerate(records):
+                while len(ahead) < self.prefetch and i + len(ahead) < len(records):
+                    ahead.append(pool.submit(load_record, records[i + len(ahead)], self.slice_settings))
+                future = ahead.pop(0)
+                try:
+                    yield record, future.result()
+                except Exception as error:  # reported per file; the batch goes on
+                    yield record, error
+
+    def predict_files(
+        self, items: Iterable[tuple[Any, LoadedImage | Exception]], extra_outputs: bool = True
+    ) -> Iterator[tuple[Any, LoadedImage | Exception, tuple | Exception]]:
+        """Predict a stream of loaded files, batching slices across files (:mod:`common.slice_batches`).
+
+        Args:
+            items: ``(key, loaded file or the exception its loading raised)`` pairs.
+            extra_outputs: also return the network's extra outputs.
+
+        Yields:
+            ``(key, loaded, prediction)`` in input order; ``prediction`` is :meth:`predict_outputs`' tuple, or the
+            exception that stopped the file (its loading, its forward pass or its scoring).
+        """
+        forward, use_outputs = network_forward(self.network, extra_outputs)
+        if self.compile:
+            forward = self._compiled(forward)
+        batcher = CrossFileSliceBatcher(
+            forward, self.device, self.sw_batch_size, self.amp, channels_last=self.channels_last
         )
-        selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
-        not_scored = np.setdiff1d(np.arange(loaded.n_slices), selected)
-        if not_scored.size:  # slices with too little brain: map 0, no score (DESIGN.md)
-            index: list[Any] = [slice(None)] * maps.ndim
-            index[loaded.axis] = not_scored
-            maps[tuple(index)] = 0.0
-        return maps, scores, selected, volume_score(scores[selected], self.volume_method), extras
+        for done in batcher.run(items):
+            if done.error is not None:
+                yield done.key, done.item, done.error
+                continue
+            loaded = done.item
+            try:
+                maps, scores, extras = _maps_and_scores(
+                    done.outputs, loaded, self.network, use_outputs, self.scorer, self.device
+                )
+            except Exception as error:  # reported per file; the batch goes on
+                yield done.key, loaded, error
+                continue
+            selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
+            not_scored = np.setdiff1d(np.arange(loaded.n_slices), selected)
+            if not_scored.size:  # slices with too little brain: map 0, no score (DESIGN.md)
+                index: list[Any] = [slice(None)] * maps.ndim
+                index[loaded.axis] = not_scored
+                maps[tuple(index)] = 0.0
+            yield done.key, loaded, (maps, scores, selected, volume_score(scores[selected], self.volume_method), extras)
+
+    def _compiled(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``forward`` through ``torch.compile``, built once per runner."""
+        if getattr(self, "_compiled_forward", None) is None or self._compiled_source != forward:
+            self._compiled_source = forward
+            self._compiled_forward = torch.compile(forward)
+        return self._compiled_forward
 
 
 class AnomalyInference(VolumeRunner):
@@ -396,21 +497,6 @@ class AnomalyInference(VolumeRunner):
     def _record(self, path: Path) -> ImageRecord:
         return ImageRecord(path, foreground=find_brain_mask(path, self.dataset_dir))
 
-    def _loaded(self, files: Sequence[Path]) -> Iterator[tuple[Path, LoadedImage | Exception]]:
-        """Load files one ahead in a background thread so reading overlaps with the network."""
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            futures: list[Future | None] = [
-                pool.submit(load_record, self._record(f), self.slice_settings) for f in files[:1]
-            ]
-            for i, path in enumerate(files):
-                if i + 1 < len(files):
-                    futures.append(pool.submit(load_record, self._record(files[i + 1]), self.slice_settings))
-                try:
-                    yield path, futures[i].result()
-                except Exception as error:  # reported per file; the batch goes on
-                    yield path, error
-                futures[i] = None  # release the loaded volume
-
     @staticmethod
     def _score_rows(
         path: Path,
@@ -434,6 +520,45 @@ class AnomalyInference(VolumeRunner):
             else:
                 rows.append([str(path), slice_index, "", f"{vol_score:.6g}", "", volume_flag, 0])
         return rows
+
+    def _write_file(
+        self, path: Path, stem: str, loaded: LoadedImage, prediction: tuple
+    ) -> tuple[list[Path], list[list[object]]]:
+        """Write one file's maps (and masks, brain mask, extra outputs); returns the files and its score rows."""
+        maps, scores, selected, vol_score, extras = prediction
+        thresholds = self.thresholds
+        out_maps = maps if loaded.is_volume else maps[..., 0]
+        written = [write_map(out_maps, path, self.output_dir / f"{stem}_anomaly.nii.gz")]
+        if self.write_masks and thresholds is not None:
+            mask = (out_maps > thresholds[0]).astype(np.float32)
+            written.append(write_map(mask, path, self.output_dir / f"{stem}_mask.nii.gz"))
+        if self.write_brain_masks and loaded.is_brain_mask:
+            brain = loaded.foreground.astype(np.float32)
+            out_brain = brain if loaded.is_volume else brain[..., 0]
+            written.append(write_map(out_brain, path, self.output_dir / f"{stem}_brain_mask.nii.gz"))
+        written.extend(self._write_extras(extras, path, stem, loaded.is_volume))
+        logger.info("%s: volume score %.4g -> %s", path.name, vol_score, written[0])
+        return written, self._score_rows(path, loaded, scores, selected, vol_score, thresholds)
+
+    @staticmethod
+    def _report_failure(path: Path, error: BaseException, failed: dict[int, tuple[str, str]], index: int) -> None:
+        message = str(error) if str(path) in str(error) else f"{path}: {error}"
+        logger.error("skipped %s", message)
+        failed[index] = (str(path), message)
+
+    def _collect(
+        self,
+        index: int,
+        future: Future,
+        files: Sequence[Path],
+        done: dict[int, tuple[list[Path], list[list[object]]]],
+        failed: dict[int, tuple[str, str]],
+    ) -> None:
+        """Wait for one file's writing; record its outputs, or its failure (one bad file must not stop the batch)."""
+        try:
+            done[index] = future.result()
+        except Exception as error:
+            self._report_failure(files[index], error, failed, index)
 
     def run(self) -> InferenceSummary:
         """Process every file; returns the summary and writes ``scores.csv`` (and ``failed.csv`` when needed).
@@ -460,29 +585,23 @@ class AnomalyInference(VolumeRunner):
         mine = shard(files)
         done: dict[int, tuple[list[Path], list[list[object]]]] = {}
         failed: dict[int, tuple[str, str]] = {}
-        for index, (path, loaded) in zip(mine, self._loaded([files[i] for i in mine]), strict=True):
-            stem = stems[index]
-            try:
-                if isinstance(loaded, Exception):
-                    raise loaded
-                maps, scores, selected, vol_score, extras = self.predict_outputs(loaded, self.write_extra_outputs)
-                out_maps = maps if loaded.is_volume else maps[..., 0]
-                written = [write_map(out_maps, path, self.output_dir / f"{stem}_anomaly.nii.gz")]
-                if self.write_masks and thresholds is not None:
-                    mask = (out_maps > thresholds[0]).astype(np.float32)
-                    written.append(write_map(mask, path, self.output_dir / f"{stem}_mask.nii.gz"))
-                if self.write_brain_masks and loaded.is_brain_mask:
-                    brain = loaded.foreground.astype(np.float32)
-                    out_brain = brain if loaded.is_volume else brain[..., 0]
-                    written.append(write_map(out_brain, path, self.output_dir / f"{stem}_brain_mask.nii.gz"))
-                written.extend(self._write_extras(extras, path, stem, loaded.is_volume))
-            except Exception as error:  # one bad file must not stop the batch
-                message = str(error) if str(path) in str(error) else f"{path}: {error}"
-                logger.error("skipped %s", message)
-                failed[index] = (str(path), message)
-                continue
-            done[index] = (written, self._score_rows(path, loaded, scores, selected, vol_score, thresholds))
-            logger.info("%s: volume score %.4g -> %s", path.name, vol_score, written[0])
+        loaded_files = (
+            (index, loaded)
+            for index, (_, loaded) in zip(mine, self.load_files([self._record(files[i]) for i in mine]), strict=True)
+        )
+        # Outputs are compressed and written by a writer thread while the network runs on the next files; at most
+        # ``prefetch`` files wait to be written.
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            writing: list[tuple[int, Future]] = []
+            for index, loaded, prediction in self.predict_files(loaded_files, self.write_extra_outputs):
+                if isinstance(prediction, BaseException):
+                    self._report_failure(files[index], prediction, failed, index)
+                    continue
+                writing.append((index, writer.submit(self._write_file, files[index], stems[index], loaded, prediction)))
+                while len(writing) > self.prefetch:
+                    self._collect(*writing.pop(0), files, done, failed)
+            for index, future in writing:
+                self._collect(index, future, files, done, failed)
         shares = gather_to_first((done, failed))
         if shares is None:  # not rank 0: rank 0 writes the tables
             return _summary(done, failed)

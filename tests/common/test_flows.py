@@ -20,6 +20,7 @@ from common.flows import (
     conv_subnet_constructor,
     dsam_subnet_constructor,
     flow_nll,
+    full_precision,
     invert_flow,
     position_nll,
     positional_encoding_map,
@@ -473,3 +474,14 @@ def test_positional_encoding_map_is_the_sincos_encoding_of_rows_and_columns() ->
     assert torch.cdist(codes, codes).add(torch.eye(15)).min() > 1e-3
     with pytest.raises(ValueError, match="multiple of 4"):
         positional_encoding_map(6, 3, 5)
+
+
+def test_nll_sums_run_in_at_least_float32():
+    z = torch.randn(2, 300, 4, 4)
+    log_jac_map = torch.randn(2, 1, 4, 4)
+    half = position_nll(z.bfloat16(), log_jac_map.bfloat16())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, position_nll(z.bfloat16().float(), log_jac_map.bfloat16().float()))
+    assert flow_nll(z.bfloat16(), torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert full_precision(z.double()).dtype == torch.float64
+    assert full_precision(z.half()).dtype == torch.float32

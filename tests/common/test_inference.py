@@ -464,3 +464,74 @@ def test_run_extracts_writes_brain_masks_and_reports_implausible_brains(tmp_path
     rows = [r for r in _read_csv(tmp_path / "out" / "scores.csv")[1:] if r[0].endswith("head.nii.gz")]
     assert sorted(int(r[1]) for r in rows if r[6] == "0") == dropped.tolist()
     assert _snapshot(inputs) == before
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# batching across files, loader threads and the writer thread
+
+
+class LocalFilter(nn.Module):
+    """A per-sample convolution, so a batch-size or batch-composition error would change the maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.calibration = Calibration()
+        self.calibration.set_thresholds(0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x))
+
+
+def _folder_of_volumes(folder: Path) -> None:
+    _make_inputs(folder)
+    rng = np.random.default_rng(1)
+    for k, depth in enumerate((3, 9, 1, 6)):
+        shape = (*VOLUME_SHAPE[:2], depth)
+        nib.save(
+            nib.Nifti1Image(np.round(rng.random(shape) * 255).astype(np.float32), _affine()), str(folder / f"v{k}.nii")
+        )
+
+
+def test_batching_across_files_gives_the_outputs_of_one_slice_at_a_time(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    _folder_of_volumes(inputs)
+    runs = {}
+    for name, options in {
+        "one": {"sw_batch_size": 1, "loader_workers": 1},
+        "many": {"sw_batch_size": 16, "loader_workers": 3, "prefetch": 2},
+    }.items():
+        out = tmp_path / name
+        AnomalyInference(LocalFilter(), inputs, out, _settings(), MapScorer("max"), device="cpu", **options).run()
+        runs[name] = out
+    assert _read_csv(runs["one"] / "scores.csv") == _read_csv(runs["many"] / "scores.csv")
+    assert _read_csv(runs["one"] / "failed.csv") == _read_csv(runs["many"] / "failed.csv")
+    names = sorted(p.name for p in runs["one"].glob("*.nii.gz"))
+    assert names == sorted(p.name for p in runs["many"].glob("*.nii.gz"))
+    assert {"v0_anomaly.nii.gz", "v3_anomaly.nii.gz", "brain_anomaly.nii.gz", "photo_anomaly.nii.gz"} <= set(names)
+    for name in names:
+        one = nib.load(str(runs["one"] / name)).get_fdata()
+        many = nib.load(str(runs["many"] / name)).get_fdata()
+        np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6)
+
+
+def test_a_file_whose_output_cannot_be_written_is_reported_and_the_rest_complete(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    _folder_of_volumes(inputs)
+    out = tmp_path / "out"
+    (out / "v1_anomaly.nii.gz").mkdir(parents=True)  # a folder where the map should go
+    summary = AnomalyInference(
+        LocalFilter(), inputs, out, _settings(), MapScorer("max"), device="cpu", sw_batch_size=8
+    ).run()
+    failed = dict(summary.failed)
+    assert str(inputs / "v1.nii") in failed and failed[str(inputs / "v1.nii")].startswith(str(inputs / "v1.nii"))
+    assert (out / "v2_anomaly.nii.gz").is_file() and (out / "v3_anomaly.nii.gz").is_file()
+    scored = {row[0] for row in _read_csv(out / "scores.csv")[1:]}
+    assert str(inputs / "v1.nii") not in scored and str(inputs / "v2.nii") in scored
+
+
+@pytest.mark.parametrize(("option", "value"), [("loader_workers", 0), ("prefetch", 0)])
+def test_loader_options_must_be_positive(tmp_path: Path, option: str, value: int) -> None:
+    with pytest.raises(ValueError, match=option):
+        AnomalyInference(LocalFilter(), tmp_path, tmp_path / "out", _settings(), MapScorer("max"), **{option: value})

@@ -38,6 +38,7 @@ from common.flows import (
     build_coupling_flow,
     conv_subnet_constructor,
     dsam_subnet_constructor,
+    full_precision,
     positional_encoding_map,
     run_flow_with_local_log_det,
 )
@@ -221,7 +222,7 @@ class DNFAD(nn.Module):
         Gaussian density is the same for both branches and is dropped.
         """
         outputs = self.forward_train(x)
-        squared = [out.z.pow(2) for out in outputs if out is not None]
+        squared = [full_precision(out.z).pow(2) for out in outputs if out is not None]  # float32 sums under autocast
         if self.log_likelihood == "mean":
             return [-0.5 * z2.mean(dim=1, keepdim=True) for z2 in squared]
         return [-0.5 * z2.sum(dim=1, keepdim=True) for z2 in squared]

@@ -30,6 +30,7 @@ from common.flows import (
     build_coupling_flow,
     cbam_subnet_constructor,
     conv_subnet_constructor,
+    full_precision,
     run_flow_with_local_log_det,
 )
 from common.scoring import Calibration
@@ -127,8 +128,11 @@ class MSNF(nn.Module):
         )
 
     def scale_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-scale maps ``0.5 · mean_c(z²)``, each ``(B, 1, h_l, w_l)`` at its feature resolution."""
-        return [0.5 * out.z.pow(2).mean(dim=1, keepdim=True) for out in self.forward_train(x).flows]
+        """Per-scale maps ``0.5 · mean_c(z²)``, each ``(B, 1, h_l, w_l)`` at its feature resolution.
+
+        The sum runs in float32 even under bf16 autocast (hundreds of squared channels would lose their low digits).
+        """
+        return [0.5 * full_precision(out.z).pow(2).mean(dim=1, keepdim=True) for out in self.forward_train(x).flows]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly map ``(B, 1, H, W)`` for images ``(B, C, H, W)``."""
