@@ -78,7 +78,7 @@ def _isolated_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def monailabel_python() -> Path:
-    """The MONAI Label environment's interpreter, waiting for its build (started by ``tests/conftest.py``)."""
+    """The MONAI Label environment's interpreter, waiting for its build (started by ``tests/conftest.py``, or here)."""
     python = VENV / "bin" / "python"
     if monailabel_build.is_complete():
         return python
