@@ -34,11 +34,10 @@ from common.volumes import SliceSettings, load_record
 from tools.bundles import bundle_dir
 from tools.compare.predictions import SlicePredictions
 from tools.compare.report import aggregate, aggregate_runs, one_line_error
+from tools.compare.settings import CompareSettings, config_overrides
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from tools.compare.settings import CompareSettings
 
 __all__ = [
     "PEERS",
@@ -83,8 +82,6 @@ def evaluation_slice_settings(settings: CompareSettings) -> SliceSettings:
     for that bundle (all bundles ship the same foreground settings; a per-bundle override is followed for the first
     bundle only).
     """
-    from tools.compare.runner import config_overrides
-
     bundle = settings.bundles[0]
     overrides = {**settings.overrides, **settings.bundle_overrides.get(bundle, {})}
     parser = ConfigParser()

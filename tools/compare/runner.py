@@ -35,37 +35,9 @@ from tools.bundles import BundleRunError, bundle_dir, run_bundle
 from tools.compare.figures import save_comparison_figures
 from tools.compare.predictions import SlicePredictions, load_predictions
 from tools.compare.report import aggregate, aggregate_runs, json_safe, markdown_report, one_line_error
-from tools.compare.settings import CompareSettings
+from tools.compare.settings import CONFIGS, CompareSettings, config_ids, config_overrides
 
-__all__ = ["CONFIGS", "compare", "config_overrides"]
-
-CONFIGS = ("train.json", "inference.json", "evaluate.json")
-
-
-def _config_ids(bundle: str, config: str) -> set[str]:
-    return set(json.loads((bundle_dir(bundle) / "configs" / config).read_text()))
-
-
-def config_overrides(bundle: str, overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Split overrides by config: each goes to the configs of ``bundle`` that define its top-level id.
-
-    Args:
-        bundle: bundle name.
-        overrides: ids (``#`` for nesting) and values.
-
-    Returns:
-        ``{config file name: {id: value}}`` for :data:`CONFIGS`.
-
-    Raises:
-        ValueError: for an id that none of the bundle's configs defines (the message names the bundle and the id).
-    """
-    ids = {config: _config_ids(bundle, config) for config in CONFIGS}
-    unknown = [key for key in overrides if not any(key.split("#")[0] in ids[c] for c in CONFIGS)]
-    if unknown:
-        msg = f"override {unknown[0]!r}: no such id in bundles/{bundle}/configs/{{{','.join(CONFIGS)}}}"
-        raise ValueError(msg)
-    return {c: {k: v for k, v in overrides.items() if k.split("#")[0] in ids[c]} for c in CONFIGS}
-
+__all__ = ["CONFIGS", "compare", "config_overrides"]  # the first and last re-exported from settings
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt): ")
 
@@ -127,7 +99,7 @@ def _run_seed(
     run: dict[str, Any] = {"seed": seed, "run_dir": str(run_dir)}
 
     def call(config: str, run_id: str, paths: dict[str, Any], log: str) -> float:
-        ids = _config_ids(bundle, config)
+        ids = config_ids(bundle, config)
         overrides = {**{k: v for k, v in common.items() if k in ids}, **split[config], **paths}
         try:
             return _timed(

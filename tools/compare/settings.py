@@ -6,11 +6,43 @@ runs it and :mod:`tools.compare.peers` reads it; all three import it from here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CompareSettings"]
+from tools.bundles import bundle_dir
+
+__all__ = ["CONFIGS", "CompareSettings", "config_ids", "config_overrides"]
+
+CONFIGS = ("train.json", "inference.json", "evaluate.json")
+
+
+def config_ids(bundle: str, config: str) -> set[str]:
+    """The top-level ids of ``bundles/<bundle>/configs/<config>``."""
+    return set(json.loads((bundle_dir(bundle) / "configs" / config).read_text()))
+
+
+def config_overrides(bundle: str, overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Split overrides by config: each goes to the configs of ``bundle`` that define its top-level id.
+
+    Args:
+        bundle: bundle name.
+        overrides: ids (``#`` for nesting) and values.
+
+    Returns:
+        ``{config file name: {id: value}}`` for :data:`CONFIGS`.
+
+    Raises:
+        ValueError: for an id that none of the bundle's configs defines (the message names the bundle and the id).
+    """
+    ids = {config: config_ids(bundle, config) for config in CONFIGS}
+    unknown = [key for key in overrides if not any(key.split("#")[0] in ids[c] for c in CONFIGS)]
+    if unknown:
+        msg = f"override {unknown[0]!r}: no such id in bundles/{bundle}/configs/{{{','.join(CONFIGS)}}}"
+        raise ValueError(msg)
+    return {c: {k: v for k, v in overrides.items() if k.split("#")[0] in ids[c]} for c in CONFIGS}
 
 
 @dataclass
