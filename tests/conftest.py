@@ -22,18 +22,30 @@ if XDIST_WORKER is not None:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the test files holding ``slow`` or ``monailabel`` tests first, each file's tests in their order.
+
+    pytest-xdist hands whole files to the workers in collection order; starting the long files first lets both
+    workers finish together instead of one running a long file alone at the end.
+    """
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("monailabel")}
+    items.sort(key=lambda item: item.path not in heavy)  # a stable sort keeps the order inside each group
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the MONAI Label environment's build in the background when a ``monailabel`` test will run.
 
-    Under pytest-xdist every worker collects every test, so none of them knows whether it will run the MONAI Label
-    tests; there the tests' fixture starts the build itself, in the worker that runs them.
+    Under pytest-xdist every worker asks; one builds (:mod:`tests.integration.monailabel_build` locks the build).
     """
-    if XDIST_WORKER is not None or session.config.option.collectonly:
-        return
-    if any(item.get_closest_marker("monailabel") for item in session.items):
+    if not session.config.option.collectonly and any(item.get_closest_marker("monailabel") for item in session.items):
         monailabel_build.start()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop a build still running when the session ends early (interrupted, ``-x``)."""
+    """Stop a build still running when the session ends early (interrupted, ``-x``).
+
+    A pytest-xdist worker that ends normally leaves its build running: another worker may still be waiting for it.
+    """
+    if XDIST_WORKER is not None and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return
     monailabel_build.stop()

@@ -3,14 +3,20 @@
 Building it (``tools/monailabel_env.sh``: a second PyTorch and MONAI Label 0.8.5) takes minutes, mostly unpacking
 wheels on one core. ``tests/conftest.py`` starts the build as soon as collection shows that a ``monailabel`` test
 will run, so it overlaps with the CPU-bound tests before it; the tests' fixture then waits for it.
+
+Under pytest-xdist every worker collects the MONAI Label tests and asks for the build: an exclusive ``flock`` on
+``<venv>.lock``, held by the build process itself, lets one of them build while the others (and the fixture of the
+worker that runs the tests) wait for the lock and then find the environment complete.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,11 @@ __all__ = ["VENV", "BuildResult", "is_complete", "start", "stop", "wait"]
 VENV = Path(os.environ.get("UAD_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 """The environment's folder (``UAD_MONAILABEL_VENV`` names an existing one, which is never built)."""
 
+LOCK = VENV.with_name(VENV.name + ".lock")
+"""Held (``flock``) by the process building :data:`VENV`, for as long as the build runs."""
+
 _build: tuple[subprocess.Popen, Path] | None = None
+_other_builder = False
 
 
 @dataclass(frozen=True)
@@ -40,35 +50,82 @@ def is_complete() -> bool:
 def start() -> bool:
     """Start the build in the background unless the environment is complete, given, or already being built.
 
+    Another process's build (under pytest-xdist) counts as being built: :func:`wait` then waits for its lock.
+
     Returns:
         Whether a build is running.
     """
-    global _build
-    if _build is not None:
+    global _build, _other_builder
+    if _build is not None or _other_builder:
         return True
     if is_complete() or "UAD_MONAILABEL_VENV" in os.environ:
         return False
-    handle, name = tempfile.mkstemp(prefix="monailabel_env_", suffix=".log")
-    log = Path(name)
-    with os.fdopen(handle, "w") as output:
-        process = subprocess.Popen(
-            ["bash", str(REPO_ROOT / "tools" / "monailabel_env.sh"), str(VENV)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _build = (process, log)
-    return True
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        _other_builder = True
+        return True
+    try:
+        if is_complete():  # finished by another process between the first check and the lock
+            return False
+        handle, name = tempfile.mkstemp(prefix="monailabel_env_", suffix=".log")
+        log = Path(name)
+        with os.fdopen(handle, "w") as output:
+            process = subprocess.Popen(
+                ["bash", str(REPO_ROOT / "tools" / "monailabel_env.sh"), str(VENV)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(lock,),  # the build holds the lock until it ends, whoever started it
+            )
+        _build = (process, log)
+        return True
+    finally:
+        os.close(lock)
+
+
+def _wait_for_other_builder(timeout: float) -> BuildResult:
+    """Wait until no process holds :data:`LOCK` (another process's build has ended)."""
+    deadline = time.monotonic() + timeout
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    msg = "tools/monailabel_env.sh (another process)"
+                    raise subprocess.TimeoutExpired(msg, timeout) from None
+                time.sleep(2.0)
+    finally:
+        os.close(lock)
+    if is_complete():
+        return BuildResult(0, "built by another test process")
+    return BuildResult(1, "another test process's build ended without completing the environment")
 
 
 def wait(timeout: float) -> BuildResult | None:
-    """Wait for the build :func:`start` began; ``None`` when none was started.
+    """Wait for the build :func:`start` began (or another process's); ``None`` when none was started.
+
+    When another process's build ended without completing the environment (its session was stopped), it is built
+    here.
 
     Raises:
         subprocess.TimeoutExpired: when it is still running after ``timeout`` seconds (it is stopped).
     """
+    global _other_builder
     if _build is None:
-        return None
+        if not _other_builder:
+            return None
+        result = _wait_for_other_builder(timeout)
+        if result.returncode == 0:
+            return result
+        _other_builder = False  # that build was stopped before it completed: build here
+        if not start() or _build is None:
+            return result
     process, log = _build
     try:
         returncode = process.wait(timeout=timeout)
