@@ -27,6 +27,7 @@ __all__ = ["VENV", "BuildResult", "is_complete", "start", "stop", "wait"]
 VENV = Path(os.environ.get("UAD_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 """The environment's folder (``UAD_MONAILABEL_VENV`` names an existing one, which is never built)."""
 
+BUILD_SCRIPT = REPO_ROOT / "tools" / "monailabel_env.sh"
 LOCK = VENV.with_name(VENV.name + ".lock")
 """Held (``flock``) by the process building :data:`VENV`, for as long as the build runs."""
 
@@ -74,7 +75,7 @@ def start() -> bool:
         log = Path(name)
         with os.fdopen(handle, "w") as output:
             process = subprocess.Popen(
-                ["bash", str(REPO_ROOT / "tools" / "monailabel_env.sh"), str(VENV)],
+                ["bash", str(BUILD_SCRIPT), str(VENV)],
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
