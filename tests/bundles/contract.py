@@ -26,6 +26,7 @@ from common.checkpoint import read_description
 from common.training import read_state_dict
 from tests.bundles.conftest import REPO_ROOT, SCHEMA
 from tools.bundles import BundleRunError, run_bundle
+from tools.forked_runs import run_python_module
 
 METRIC_KEYS = (
     "image_auroc",
@@ -101,20 +102,9 @@ def check_metadata_verifies(bundle: str, meta_file: Path | None = None) -> None:
     """
     if not SCHEMA.is_file():
         pytest.skip(f"{SCHEMA} is absent")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_metadata",
-            "--meta_file",
-            str(meta_file or configs_dir(bundle) / "metadata.json"),
-            "--filepath",
-            str(SCHEMA),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
+    meta = str(meta_file or configs_dir(bundle) / "metadata.json")
+    result = run_python_module(
+        "monai.bundle", ["verify_metadata", "--meta_file", meta, "--filepath", str(SCHEMA)], REPO_ROOT, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "metadata is verified with no error" in result.stdout + result.stderr

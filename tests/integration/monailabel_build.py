@@ -1,8 +1,9 @@
 """The MONAI Label environment for the integration tests, built in the background while the other tests run.
 
-Building it (``tools/monailabel_env.sh``: a second PyTorch and MONAI Label 0.8.5) takes minutes, mostly unpacking
-wheels on one core. ``tests/conftest.py`` starts the build as soon as collection shows that a ``monailabel`` test
-will run, so it overlaps with the CPU-bound tests before it; the tests' fixture then waits for it.
+Building it (``tools/monailabel_env.sh``: MONAI Label 0.8.5 and its pinned packages, with this environment's PyTorch
+hard-linked by ``tools/link_torch.py`` rather than unpacked again) takes minutes on one core. ``tests/conftest.py``
+starts the build as soon as collection shows that a ``monailabel`` test will run, so it overlaps with the CPU-bound
+tests before it; the tests' fixture then waits for it.
 
 Under pytest-xdist every worker collects the MONAI Label tests and asks for the build: an exclusive ``flock`` on
 ``<venv>.lock``, held by the build process itself, lets one of them build while the others (and the fixture of the
@@ -15,6 +16,7 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -79,6 +81,7 @@ def start() -> bool:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, "UAD_TORCH_FROM": sys.executable},  # PyTorch hard-linked, not unpacked again
                 pass_fds=(lock,),  # the build holds the lock until it ends, whoever started it
             )
         _build = (process, log)

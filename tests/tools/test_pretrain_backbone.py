@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from common.backbones import FeatureExtractor, build_backbone
 from common.progress import EPOCH_LINE_PREFIX
+from tools.forked_runs import run_python_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "tools" / "configs" / "pretrain_backbone.json"
@@ -63,8 +63,8 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     cmd += ["--max_epochs", "2", "--batch_size", "4", "--crop_size", "[32,32]", "--projector_channels", "[16,16,16]"]
     cmd += ["--num_workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_python_module(cmd[2], cmd[3:], REPO_ROOT, timeout=600, environ=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return weights, done.stdout + done.stderr
 
 

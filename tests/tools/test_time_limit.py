@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from common.training import read_state_dict
+from tools.forked_runs import run_python_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ("ms_nf", "dnfad", "skip_ts", "anomalypro")
@@ -36,8 +36,8 @@ def test_training_stops_at_the_time_limit_and_saves(tmp_path: Path) -> None:
     cmd += ["--dataset_dir", str(data), "--image_size", "[32,32]", "--max_epochs", "500", "--time_limit", "1"]
     cmd += ["--batch_size", "4", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "train")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_python_module(cmd[2], cmd[3:], REPO_ROOT, timeout=600, environ=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     log = done.stdout + done.stderr
     assert "Reached the time limit" in log
     epochs = [int(line.split("Epoch: ")[1].split("/")[0]) for line in log.splitlines() if "Epoch: " in line]
