@@ -91,7 +91,9 @@ def _run_as_main(request: Mapping[str, Any]) -> int:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["environ"])
-        sys.path.insert(0, request["cwd"])  # as `python -m` puts the working directory first
+        # As a new `python -m` would: the working directory first, then the PYTHONPATH entries the server lacks.
+        extra = [entry for entry in request["environ"].get("PYTHONPATH", "").split(os.pathsep) if entry]
+        sys.path[:0] = [request["cwd"], *(entry for entry in extra if entry not in sys.path)]
         sys.argv = [request["module"], *request["args"]]
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
@@ -231,7 +233,8 @@ def run_module(
         args: its command-line arguments.
         cwd: working directory of the run (also first on its ``sys.path``, as with ``python -m``).
         timeout: seconds before the run is killed and :class:`subprocess.TimeoutExpired` raised.
-        environ: the run's environment (default: this process's).
+        environ: the run's environment (default: this process's); its ``PYTHONPATH`` entries go on ``sys.path`` after
+            ``cwd``, as at the start of a new interpreter (packages the server preloaded stay as they are).
         output_file: where stdout and stderr are written as the run goes (default: a temporary file, removed).
         on_line: called with each complete output line (without its newline) as the run writes it.
 

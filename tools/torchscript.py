@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import stored_arguments
+from tools import forked_runs
 from tools.bundles import REPO_ROOT, bundle_dir
 
 __all__ = ["TOLERANCE", "ckpt_export_command", "eager_network", "export_torchscript", "main", "max_difference_to_eager"]
@@ -108,14 +108,8 @@ def export_torchscript(bundle: str, checkpoint: str | Path, output: str | Path, 
     """
     checkpoint, output = Path(checkpoint).resolve(), Path(output).resolve()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(bundle_dir(bundle)), str(REPO_ROOT)]))}
-    result = subprocess.run(
-        ckpt_export_command(bundle, checkpoint, output),
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = ckpt_export_command(bundle, checkpoint, output)
+    result = forked_runs.run_python_module(command[2], command[3:], REPO_ROOT, timeout=timeout, environ=env)
     if result.returncode != 0 or not output.is_file():
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
         msg = f"ckpt_export of {checkpoint} failed (exit code {result.returncode}):\n{tail}"

@@ -136,3 +136,11 @@ def test_lines_are_handed_over_as_the_run_writes_them(tmp_path):
     assert done.returncode == 0
     assert [line for line, _ in seen] == ["tick 0", "tick 1", "tick 2"]  # the unterminated last line is not a line
     assert seen[0][1] < seen[-1][1] - 0.5  # the first came while the run was still going
+
+
+def test_pythonpath_entries_of_the_run_are_importable(tmp_path):
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "only_on_pythonpath.py").write_text("VALUE = 7\n")
+    (tmp_path / "uses_it.py").write_text("import only_on_pythonpath, sys\nsys.exit(only_on_pythonpath.VALUE)\n")
+    environ = {**os.environ, "PYTHONPATH": str(tmp_path / "extra")}
+    assert run_module("uses_it", [], tmp_path, environ=environ).returncode == 7
