@@ -142,16 +142,15 @@ def run_bundle(
     command = bundle_command(name, config, run_id, overrides, extra_configs)
     if nproc_per_node > 1:
         command = torchrun_command(command, nproc_per_node)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     if forked_runs.enabled() and nproc_per_node == 1:
-        if log_file is not None:
-            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         echo = None if echo_prefix is None else _echo_lines_with(echo_prefix)
         result = forked_runs.run_module(
             command[2], command[3:], REPO_ROOT, timeout=timeout, output_file=log_file, on_line=echo
         )
         output = result.stdout
     elif log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "w") as handle:
             if echo_prefix is None:
                 result = subprocess.run(

@@ -65,13 +65,6 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH) == "1"
 
 
-def _exit_status(wait_status: int) -> int:
-    """A ``waitpid`` status as :mod:`subprocess` reports it: the exit code, or minus the signal number."""
-    if os.WIFSIGNALED(wait_status):
-        return -os.WTERMSIG(wait_status)
-    return os.WEXITSTATUS(wait_status)
-
-
 def _run_as_main(request: Mapping[str, Any]) -> int:
     """In the forked child: ``python -m module args`` in the request's directory and environment.
 
@@ -127,7 +120,7 @@ def _serve(requests: IO[str], replies: IO[str]) -> None:
         replies.write(json.dumps({"pid": pid}) + "\n")
         replies.flush()
         _, status = os.waitpid(pid, 0)
-        replies.write(json.dumps({"returncode": _exit_status(status)}) + "\n")
+        replies.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
         replies.flush()
 
 
@@ -136,24 +129,29 @@ class ForkServer:
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tools.forked_runs"],
-            cwd=_REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-m", "tools.forked_runs"], cwd=_REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
+        self._pending = b""  # reply bytes read but not yet returned (both replies of a short run can come at once)
 
     def _reply(self, deadline: float | None) -> dict[str, Any] | None:
-        """The next reply line, or ``None`` when ``deadline`` passes first."""
+        """The next reply line, or ``None`` when ``deadline`` passes first.
+
+        Reads the pipe's descriptor directly: a buffered reader could hold the next reply where ``select`` cannot
+        see it.
+        """
         assert self._process.stdout is not None
-        if deadline is not None:
-            ready, _, _ = select.select([self._process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                return None
-        line = self._process.stdout.readline()
-        if not line:
-            msg = f"the fork server ended (exit code {self._process.poll()})"
-            raise RuntimeError(msg)
+        descriptor = self._process.stdout.fileno()
+        while b"\n" not in self._pending:
+            if deadline is not None:
+                ready, _, _ = select.select([descriptor], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    return None
+            chunk = os.read(descriptor, 65536)
+            if not chunk:
+                msg = f"the fork server ended (exit code {self._process.poll()})"
+                raise RuntimeError(msg)
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
     def run(
@@ -165,7 +163,7 @@ class ForkServer:
             TimeoutError: the run was still going after ``timeout`` seconds (it has been killed).
         """
         assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(dict(request)) + "\n")
+        self._process.stdin.write(json.dumps(dict(request)).encode() + b"\n")
         self._process.stdin.flush()
         started = self._reply(None)
         assert started is not None
@@ -178,7 +176,10 @@ class ForkServer:
             if finished is not None:
                 return finished["returncode"]
             if deadline is not None and time.monotonic() >= deadline:
-                os.kill(started["pid"], signal.SIGKILL)
+                try:
+                    os.kill(started["pid"], signal.SIGKILL)
+                except ProcessLookupError:  # it ended just now; its reply is on the way
+                    pass
                 self._reply(None)
                 raise TimeoutError
 

@@ -144,3 +144,25 @@ def test_pythonpath_entries_of_the_run_are_importable(tmp_path):
     (tmp_path / "uses_it.py").write_text("import only_on_pythonpath, sys\nsys.exit(only_on_pythonpath.VALUE)\n")
     environ = {**os.environ, "PYTHONPATH": str(tmp_path / "extra")}
     assert run_module("uses_it", [], tmp_path, environ=environ).returncode == 7
+
+
+def test_replies_that_arrive_together_are_each_read_without_waiting():
+    """A short run's two replies can reach the pipe at once; the second must not wait for more data."""
+    import types
+
+    from tools.forked_runs import ForkServer
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'{"pid": 12}\n{"returncode": 3}\n')
+    server = ForkServer.__new__(ForkServer)
+    server._process = types.SimpleNamespace(stdout=types.SimpleNamespace(fileno=lambda: read_end), poll=lambda: None)
+    server._pending = b""
+    try:
+        start = time.monotonic()
+        assert server._reply(None) == {"pid": 12}
+        assert server._reply(time.monotonic() + 5) == {"returncode": 3}
+        assert time.monotonic() - start < 1
+        assert server._reply(time.monotonic() + 0.2) is None  # nothing more: the deadline passes
+    finally:
+        os.close(read_end)
+        os.close(write_end)
