@@ -13,6 +13,7 @@ handlers do the rest of the bundle contract:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ __all__ = [
     "PrepareImageAndForeground",
     "TrainingForward",
     "clip_gradients",
-    "linear_warmup",
+    "learning_rate_schedule",
     "load_checkpoint",
     "load_thresholds",
     "predict_maps",
@@ -293,24 +294,54 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> 
     return optimizer
 
 
-def linear_warmup(optimizer: torch.optim.Optimizer, warmup_iterations: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning-rate schedule rising linearly to the base rate over the first iterations, then constant.
+LR_DECAYS = ("constant", "cosine")
+
+
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer,
+    warmup_iterations: int = 0,
+    decay: str = "constant",
+    total_iterations: int = 0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning-rate schedule: a linear warm-up to the base rate, then constant or a cosine decay to zero.
 
     Step it once per iteration (MONAI ``LrScheduleHandler(epoch_level=False)``). Warm-up is the usual remedy for the
     instability of deep flows in their first Adam steps (Kingma & Dhariwal, Glow, 2018): Adam moves every weight of
     the zero-initialised output layers by about the learning rate at once, and dozens of stacked couplings compound
-    that into exploding latents.
+    that into exploding latents. The cosine decay (Loshchilov & Hutter, SGDR, 2017, without restarts) lets a short
+    run end on a settled network instead of wherever the last full-rate steps left it.
 
     Args:
         optimizer: the optimizer.
         warmup_iterations: iterations to reach the base rate (0 = no warm-up).
+        decay: ``"constant"`` (the base rate after warm-up) or ``"cosine"`` (from the base rate after warm-up to zero
+            at ``total_iterations``).
+        total_iterations: iterations of the whole run; needed by ``"cosine"``.
+
+    Raises:
+        ValueError: for a negative warm-up, an unknown decay, or a cosine decay without ``total_iterations`` above the
+            warm-up.
     """
     if warmup_iterations < 0:
         msg = f"warmup_iterations must be >= 0, got {warmup_iterations}"
         raise ValueError(msg)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 if warmup_iterations == 0 else min(1.0, (step + 1) / warmup_iterations)
-    )
+    if decay not in LR_DECAYS:
+        msg = f"learning-rate decay must be one of {LR_DECAYS}, got {decay!r}"
+        raise ValueError(msg)
+    if decay == "cosine" and total_iterations <= warmup_iterations:
+        msg = f"a cosine decay needs total_iterations above warmup_iterations ({warmup_iterations}), got "
+        msg += str(total_iterations)
+        raise ValueError(msg)
+
+    def factor(step: int) -> float:
+        if step < warmup_iterations:
+            return (step + 1) / warmup_iterations
+        if decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_iterations) / (total_iterations - warmup_iterations))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.scoring import Calibration, MapScorer
-from common.training import CalibrationHandler, PrepareImageAndForeground
+from common.training import CalibrationHandler, PrepareImageAndForeground, learning_rate_schedule
 
 
 def test_prepare_batch_returns_image_and_foreground_on_device() -> None:
@@ -65,3 +65,52 @@ def test_calibration_handler_rejects_an_unknown_rule() -> None:
     handler = CalibrationHandler(_IdentityDetector(), loader, "cpu", MapScorer("max"), pixel_rule="per_voxel")
     with pytest.raises(ValueError, match="pixel threshold rule must be one of"):
         handler()
+
+
+def _rates(scheduler: torch.optim.lr_scheduler.LambdaLR, steps: int) -> list[float]:
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def _optimizer(lr: float = 0.1) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_zero_on_a_cosine() -> None:
+    rates = _rates(learning_rate_schedule(_optimizer(), warmup_iterations=2, decay="cosine", total_iterations=6), 7)
+    quarter = np.cos(np.pi / 4)
+    expected = [0.05, 0.1, 0.1, 0.05 * (1 + quarter), 0.05, 0.05 * (1 - quarter), 0.0]
+    np.testing.assert_allclose(rates, expected, atol=1e-12)
+
+
+def test_learning_rate_schedule_constant_holds_the_base_rate_after_warm_up() -> None:
+    constant = _rates(learning_rate_schedule(_optimizer(), warmup_iterations=3), 5)
+    np.testing.assert_allclose(constant, [0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.1])
+
+
+def test_learning_rate_schedule_resumes_from_its_state() -> None:
+    full = _rates(learning_rate_schedule(_optimizer(), decay="cosine", total_iterations=8), 8)
+    first = learning_rate_schedule(_optimizer(), decay="cosine", total_iterations=8)
+    _rates(first, 3)
+    resumed = learning_rate_schedule(_optimizer(), decay="cosine", total_iterations=8)
+    resumed.load_state_dict(first.state_dict())
+    resumed.optimizer.param_groups[0]["lr"] = resumed.get_last_lr()[0]
+    np.testing.assert_allclose(_rates(resumed, 5), full[3:])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"warmup_iterations": -1}, "warmup_iterations must be >= 0"),
+        ({"decay": "step"}, "decay must be one of"),
+        ({"decay": "cosine", "total_iterations": 0}, "needs total_iterations above"),
+        ({"decay": "cosine", "warmup_iterations": 5, "total_iterations": 5}, "needs total_iterations above"),
+    ],
+)
+def test_learning_rate_schedule_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        learning_rate_schedule(_optimizer(), **kwargs)
