@@ -9,11 +9,22 @@ dataset in the project's layout, made of links to the input files (inputs are ne
     out/test/good/    the held-out subjects' normal slices
     out/test/lesion/  the held-out subjects' abnormal slices (no masks: evaluation is at image level)
 
+With ``--lesion-twins SEED`` the test set is instead the held-out subjects' normal slices against lesioned twins of
+the same slices (:func:`write_lesion_twin_slices`): synthetic hyperintense lesions in the subject's own anatomy, with
+masks, so pixel metrics can be computed and a normal slice cannot pass as abnormal merely for showing anatomy that
+no training slice covers (on ``brats2015_slices`` every tumour slice lies higher in the brain than every normal
+training slice)::
+
+    out/test/lesion/             lesioned twins of out/test/good (written files)
+    out/ground_truth/lesion/     their lesion masks, ``<stem>_mask.png``
+
 A subject is the file name up to the last ``_z<number>`` (``brats_2013_pat0006_1_z031.png`` → ``brats_2013_pat0006_1``).
 
 Usage::
 
     python -m tools.holdout_subjects ../shared/data/brats2015_slices runs/dev_split --holdout brats_2013_pat0006_1
+    python -m tools.holdout_subjects ../shared/data/brats2015_slices runs/dev_twins --holdout brats_2013_pat0006_1 \
+        --lesion-twins 7
 """
 
 from __future__ import annotations
@@ -24,7 +35,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "subject_of", "write_holdout_split"]
+import numpy as np
+from PIL import Image
+
+from common.foreground import compute_foreground
+from common.io import atomic_output
+from tools.anatomy_lesions import implant_lesions
+
+__all__ = ["main", "subject_of", "write_holdout_split", "write_lesion_twin_slices"]
+
+TWIN_RADIUS_PIXELS = (6.0, 15.0)
+"""Base lesion radius range in pixels (about millimetres on 1 mm slices such as BraTS'), as for the 3D twins."""
+TWIN_LESIONS = (1, 2)
+"""Inclusive range of lesions per twin slice."""
 
 _SLICE_SUFFIX = re.compile(r"_z\d+$")
 
@@ -39,13 +62,17 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def write_holdout_split(dataset_dir: str | Path, out_dir: str | Path, holdout: Sequence[str]) -> dict[str, int]:
+def write_holdout_split(
+    dataset_dir: str | Path, out_dir: str | Path, holdout: Sequence[str], lesion_twins_seed: int | None = None
+) -> dict[str, int]:
     """Write the development split (module docstring) and return how many files each folder got.
 
     Args:
         dataset_dir: a dataset with ``train/good`` and ``train/mixed``.
         out_dir: where the split is written (must not exist yet).
         holdout: subjects whose slices form the test folders.
+        lesion_twins_seed: ``None`` for the abnormal slices of ``train/mixed`` as ``test/lesion``; a seed for
+            lesioned twins of the held-out normal slices instead (:func:`write_lesion_twin_slices`).
 
     Raises:
         ValueError: when a folder is missing, ``out_dir`` exists, or a held-out subject has no normal or no
@@ -69,8 +96,10 @@ def write_holdout_split(dataset_dir: str | Path, out_dir: str | Path, holdout: S
         "test/good": [p for p in good if subject_of(p) in held],
         "test/lesion": [p for p in abnormal if subject_of(p) in held],
     }
+    if lesion_twins_seed is not None:
+        plan.pop("test/lesion")
     for subject in sorted(held):
-        for folder in ("test/good", "test/lesion"):
+        for folder in [f for f in ("test/good", "test/lesion") if f in plan]:
             if not any(subject_of(p) == subject for p in plan[folder]):
                 msg = f"{root}: held-out subject {subject!r} has no slices for {folder}"
                 raise ValueError(msg)
@@ -78,7 +107,50 @@ def write_holdout_split(dataset_dir: str | Path, out_dir: str | Path, holdout: S
         (out / folder).mkdir(parents=True)
         for source in files:
             (out / folder / source.name).symlink_to(source.resolve())
-    return {folder: len(files) for folder, files in plan.items()}
+    counts = {folder: len(files) for folder, files in plan.items()}
+    if lesion_twins_seed is not None:
+        counts["test/lesion"] = write_lesion_twin_slices(out, lesion_twins_seed)
+    return counts
+
+
+def write_lesion_twin_slices(split_dir: str | Path, seed: int) -> int:
+    """Write a lesioned twin of every 2D slice in ``split_dir/test/good``; returns how many were written.
+
+    Each slice gets :data:`TWIN_LESIONS` lesions from :func:`tools.anatomy_lesions.implant_lesions` (hyperintense,
+    soft-edged, irregular; radius :data:`TWIN_RADIUS_PIXELS`, target 1.3 times the slice's 99th brain percentile),
+    placed inside the slice's computed foreground (:func:`common.foreground.compute_foreground`, the rule the bundles
+    use without a ``brain_mask/``). A slice is treated as a one-voxel-thick volume whose through-plane spacing is
+    so large that only the in-plane depth limits where a lesion fits. Twins keep the file name, so a twin and its
+    normal slice are scored in the same anatomy; masks go to ``ground_truth/lesion/<stem>_mask.png`` (0/255).
+
+    Args:
+        split_dir: a dataset root whose ``test/good`` holds 8-bit grayscale PNG slices.
+        seed: lesion seed (a generator seeded with it draws every slice's lesions in file-name order).
+
+    Raises:
+        ValueError: when a slice is not a 2D 8-bit image or has an empty foreground.
+    """
+    root = Path(split_dir)
+    rng = np.random.default_rng(seed)
+    sources = _files(root / "test" / "good")
+    for source in sources:
+        image = np.asarray(Image.open(source))
+        if image.ndim != 2 or image.dtype != np.uint8:
+            msg = f"{source}: expected a 2D 8-bit grayscale slice, got shape {image.shape} and dtype {image.dtype}"
+            raise ValueError(msg)
+        foreground = compute_foreground(image.astype(np.float32) / 255.0)
+        if not foreground.any():
+            msg = f"{source}: empty foreground, nowhere to place a lesion"
+            raise ValueError(msg)
+        lesioned, mask = implant_lesions(
+            image[..., None], foreground[..., None], rng, (1.0, 1.0, 1e6), TWIN_LESIONS, TWIN_RADIUS_PIXELS
+        )
+        with atomic_output(root / "test" / "lesion" / source.name) as tmp:
+            Image.fromarray(lesioned[..., 0]).save(tmp, format="PNG")
+        stem = source.name.split(".")[0]
+        with atomic_output(root / "ground_truth" / "lesion" / f"{stem}_mask.png") as tmp:
+            Image.fromarray(mask[..., 0].astype(np.uint8) * 255).save(tmp, format="PNG")
+    return len(sources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,9 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dataset_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--holdout", nargs="+", required=True, help="subjects held out as the test set")
+    parser.add_argument(
+        "--lesion-twins",
+        type=int,
+        metavar="SEED",
+        help="test on lesioned twins of the held-out normal slices (with masks) instead of train/mixed's slices",
+    )
     args = parser.parse_args(argv)
     try:
-        counts = write_holdout_split(args.dataset_dir, args.out_dir, args.holdout)
+        counts = write_holdout_split(args.dataset_dir, args.out_dir, args.holdout, args.lesion_twins)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tools.holdout_subjects import main, subject_of, write_holdout_split
 
@@ -48,3 +50,48 @@ def test_unknown_subject_and_existing_output_are_one_line_errors(dataset, tmp_pa
     (tmp_path / "exists").mkdir()
     assert main([str(dataset), str(tmp_path / "exists"), "--holdout", "a_1"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def _brain_slice(path: Path, seed: int) -> None:
+    """A 96x96 8-bit slice: a textured ellipse of 'brain' on a black background."""
+    rng = np.random.default_rng(seed)
+    x, y = np.mgrid[:96, :96]
+    inside = ((x - 48) / 40.0) ** 2 + ((y - 48) / 34.0) ** 2 < 1.0
+    image = np.where(inside, 90 + rng.integers(-10, 10, (96, 96)), 0).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+@pytest.fixture
+def png_dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "pngs"
+    for i, name in enumerate(["a_1_z010.png", "a_1_z011.png", "b_1_z010.png", "b_1_z011.png"]):
+        _brain_slice(root / "train" / "good" / name, i)
+        _brain_slice(root / "train" / "mixed" / name, i)
+    _touch(root / "train" / "mixed", ["b_1_z020.png"])
+    return root
+
+
+def test_lesion_twins_differ_from_their_normal_slice_exactly_inside_the_mask(png_dataset, tmp_path):
+    out = tmp_path / "twins"
+    assert main([str(png_dataset), str(out), "--holdout", "b_1", "--lesion-twins", "3"]) == 0
+    assert sorted(p.name for p in (out / "test" / "lesion").iterdir()) == ["b_1_z010.png", "b_1_z011.png"]
+    for name in ("b_1_z010", "b_1_z011"):
+        normal = np.asarray(Image.open(out / "test" / "good" / f"{name}.png")).astype(int)
+        twin = np.asarray(Image.open(out / "test" / "lesion" / f"{name}.png")).astype(int)
+        mask = np.asarray(Image.open(out / "ground_truth" / "lesion" / f"{name}_mask.png"))
+        assert set(np.unique(mask)) == {0, 255}
+        lesion = mask > 0
+        np.testing.assert_array_equal(lesion, twin != normal)
+        assert lesion.sum() >= 20 and np.all(normal[lesion] > 0)  # a real blob, inside the brain
+        assert twin[lesion].mean() > 1.2 * normal[normal > 0].mean()  # hyperintense
+    again = tmp_path / "again"
+    write_holdout_split(png_dataset, again, ["b_1"], lesion_twins_seed=3)
+    for name in ("b_1_z010.png", "b_1_z011.png"):  # the seed fixes the twins
+        assert (again / "test" / "lesion" / name).read_bytes() == (out / "test" / "lesion" / name).read_bytes()
+
+
+def test_lesion_twins_reject_a_colour_slice(png_dataset, tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png_dataset / "train" / "good" / "b_1_z010.png")
+    with pytest.raises(ValueError, match=r"b_1_z010.png: expected a 2D 8-bit grayscale slice"):
+        write_holdout_split(png_dataset, tmp_path / "twins", ["b_1"], lesion_twins_seed=0)
