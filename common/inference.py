@@ -48,6 +48,7 @@ __all__ = [
     "find_brain_mask",
     "has_extra_outputs",
     "list_input_files",
+    "output_stems",
     "predict_volume",
     "predict_volume_outputs",
     "score_volume",
@@ -90,6 +91,38 @@ def list_input_files(folder: str | Path) -> list[Path]:
         if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
             files.append(path)
     return files
+
+
+def output_stems(files: Sequence[Path], root: str | Path) -> list[str]:
+    """The stem each input file's outputs are named with (``<stem>_anomaly.nii.gz``, ...), in the files' order.
+
+    The file stem, unless two inputs share it (``test/good/000.png`` and ``test/crack/000.png``, as in MVTec-style
+    layouts): clashing stems are prefixed with their folder path below ``root`` (``test_good_000``), then get their
+    suffix (``a.nii`` and ``a.nii.gz``), then a counter. Readers of an inference folder call this with the same file
+    list (:func:`list_input_files` of the same folder) to find a file's outputs.
+
+    Args:
+        files: every input file of the run, in order (the names depend on the whole list).
+        root: the folder the files were listed from.
+    """
+    root = Path(root)
+    stems = [file_stem(f) for f in files]
+    names = [
+        "_".join([*f.relative_to(root).parent.parts, s]) if stems.count(s) > 1 else s
+        for f, s in zip(files, stems, strict=True)
+    ]
+    names = [
+        n + f.name[len(s) :].replace(".", "_") if names.count(n) > 1 else n
+        for f, s, n in zip(files, stems, names, strict=True)
+    ]
+    unique: list[str] = []
+    for name in names:
+        candidate, count = name, 1
+        while candidate in unique:
+            count += 1
+            candidate = f"{name}_{count}"
+        unique.append(candidate)
+    return unique
 
 
 def find_brain_mask(path: str | Path, root: str | Path) -> Path | None:
@@ -474,26 +507,6 @@ class AnomalyInference(VolumeRunner):
                 written.append(write_map(out, path, self.output_dir / f"{stem}_{suffix}.nii.gz"))
         return written
 
-    def _output_stems(self, files: Sequence[Path]) -> list[str]:
-        """Output stems: the file stem; clashing stems get their folder path, then their suffix, then a counter."""
-        stems = [file_stem(f) for f in files]
-        names = [
-            "_".join([*f.relative_to(self.dataset_dir).parent.parts, s]) if stems.count(s) > 1 else s
-            for f, s in zip(files, stems, strict=True)
-        ]
-        names = [
-            n + f.name[len(s) :].replace(".", "_") if names.count(n) > 1 else n
-            for f, s, n in zip(files, stems, names, strict=True)
-        ]
-        unique: list[str] = []
-        for name in names:
-            candidate, count = name, 1
-            while candidate in unique:
-                count += 1
-                candidate = f"{name}_{count}"
-            unique.append(candidate)
-        return unique
-
     def _record(self, path: Path) -> ImageRecord:
         return ImageRecord(path, foreground=find_brain_mask(path, self.dataset_dir))
 
@@ -581,7 +594,7 @@ class AnomalyInference(VolumeRunner):
         files = list_input_files(self.dataset_dir)
         if not files and is_first_process():
             logger.warning("%s: no image or NIfTI files found", self.dataset_dir)
-        stems = self._output_stems(files)  # from the whole list, so every process names its files alike
+        stems = output_stems(files, self.dataset_dir)  # from the whole list, so every process names its files alike
         mine = shard(files)
         done: dict[int, tuple[list[Path], list[list[object]]]] = {}
         failed: dict[int, tuple[str, str]] = {}

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from common.data import ImageRecord
-from common.inference import AnomalyInference, find_brain_mask, list_input_files, predict_volume
+from common.inference import AnomalyInference, find_brain_mask, list_input_files, output_stems, predict_volume
 from common.scoring import Calibration, MapScorer
 from common.volumes import LoadedImage, SliceSettings
 from tests.stand_ins import threshold_brain
@@ -535,3 +535,15 @@ def test_a_file_whose_output_cannot_be_written_is_reported_and_the_rest_complete
 def test_loader_options_must_be_positive(tmp_path: Path, option: str, value: int) -> None:
     with pytest.raises(ValueError, match=option):
         AnomalyInference(LocalFilter(), tmp_path, tmp_path / "out", _settings(), MapScorer("max"), **{option: value})
+
+
+def test_output_stems_keep_unique_stems_and_disambiguate_clashes(tmp_path):
+    files = [
+        tmp_path / "good" / "000.png",
+        tmp_path / "crack" / "000.png",
+        tmp_path / "x.nii",
+        tmp_path / "x.nii.gz",
+        tmp_path / "only.png",
+    ]
+    assert output_stems(files, tmp_path) == ["good_000", "crack_000", "x_nii", "x_nii_gz", "only"]
+    assert output_stems([tmp_path / "a.png", tmp_path / "b" / "a.png"], tmp_path) == ["a", "b_a"]

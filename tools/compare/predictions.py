@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from common.data import ImageRecord, discover_dataset, file_stem, load_image
+from common.inference import list_input_files, output_stems
 
 __all__ = ["SlicePredictions", "load_predictions", "read_scores_csv"]
 
@@ -119,6 +120,11 @@ def load_predictions(maps_dir: str | Path, dataset_dir: str | Path, axis: int = 
     """
     maps_dir = Path(maps_dir)
     records = {str(r.image.resolve()): r for r in discover_dataset(dataset_dir, require_test=True).test}
+    # the names inference gave each file's outputs: it ran over <dataset>/test (tools.compare.runner)
+    inputs = list_input_files(Path(dataset_dir) / "test")
+    stems = {
+        str(f.resolve()): stem for f, stem in zip(inputs, output_stems(inputs, Path(dataset_dir) / "test"), strict=True)
+    }
     out = SlicePredictions(records=records, axis=axis)
     cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for file, slice_index, score in read_scores_csv(maps_dir / "scores.csv"):
@@ -128,7 +134,7 @@ def load_predictions(maps_dir: str | Path, dataset_dir: str | Path, axis: int = 
             msg = f"{maps_dir / 'scores.csv'}: {file} is not a test file of {dataset_dir}"
             raise ValueError(msg)
         if key not in cache:
-            map_file = maps_dir / f"{file_stem(record.image)}_anomaly.nii.gz"
+            map_file = maps_dir / f"{stems.get(key, file_stem(record.image))}_anomaly.nii.gz"
             if not map_file.is_file():
                 msg = f"{map_file}: anomaly map of {file} not found"
                 raise ValueError(msg)
