@@ -120,7 +120,7 @@ def load_predictions(maps_dir: str | Path, dataset_dir: str | Path, axis: int = 
     """
     maps_dir = Path(maps_dir)
     records = {str(r.image.resolve()): r for r in discover_dataset(dataset_dir, require_test=True).test}
-    # the names inference gave each file's outputs: it ran over <dataset>/test (tools.compare.runner)
+    # the names inference gives each file's outputs when it runs over <dataset>/test (tools.compare.runner)
     inputs = list_input_files(Path(dataset_dir) / "test")
     stems = {
         str(f.resolve()): stem for f, stem in zip(inputs, output_stems(inputs, Path(dataset_dir) / "test"), strict=True)
@@ -134,9 +134,12 @@ def load_predictions(maps_dir: str | Path, dataset_dir: str | Path, axis: int = 
             msg = f"{maps_dir / 'scores.csv'}: {file} is not a test file of {dataset_dir}"
             raise ValueError(msg)
         if key not in cache:
-            map_file = maps_dir / f"{stems.get(key, file_stem(record.image))}_anomaly.nii.gz"
-            if not map_file.is_file():
-                msg = f"{map_file}: anomaly map of {file} not found"
+            # the name from a run over <dataset>/test, else the plain stem (a run over one class folder)
+            names = dict.fromkeys([stems.get(key, file_stem(record.image)), file_stem(record.image)])
+            candidates = [maps_dir / f"{name}_anomaly.nii.gz" for name in names]
+            map_file = next((f for f in candidates if f.is_file()), None)
+            if map_file is None:
+                msg = f"{candidates[0]}: anomaly map of {file} not found"
                 raise ValueError(msg)
             mask = np.asarray(load_image(record.mask)) > 0 if record.mask is not None else None
             cache = {key: (np.asarray(nib.load(str(map_file)).get_fdata(dtype=np.float32)), mask)}
