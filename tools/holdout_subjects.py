@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.data import file_stem
 from common.foreground import compute_foreground
 from common.io import atomic_output
 from tools.anatomy_lesions import implant_lesions
@@ -94,12 +95,11 @@ def write_holdout_split(
     plan = {
         "train/good": [p for p in good if subject_of(p) not in held],
         "test/good": [p for p in good if subject_of(p) in held],
-        "test/lesion": [p for p in abnormal if subject_of(p) in held],
     }
-    if lesion_twins_seed is not None:
-        plan.pop("test/lesion")
+    if lesion_twins_seed is None:
+        plan["test/lesion"] = [p for p in abnormal if subject_of(p) in held]
     for subject in sorted(held):
-        for folder in [f for f in ("test/good", "test/lesion") if f in plan]:
+        for folder in [f for f in plan if f.startswith("test/")]:
             if not any(subject_of(p) == subject for p in plan[folder]):
                 msg = f"{root}: held-out subject {subject!r} has no slices for {folder}"
                 raise ValueError(msg)
@@ -147,8 +147,7 @@ def write_lesion_twin_slices(split_dir: str | Path, seed: int) -> int:
         )
         with atomic_output(root / "test" / "lesion" / source.name) as tmp:
             Image.fromarray(lesioned[..., 0]).save(tmp, format="PNG")
-        stem = source.name.split(".")[0]
-        with atomic_output(root / "ground_truth" / "lesion" / f"{stem}_mask.png") as tmp:
+        with atomic_output(root / "ground_truth" / "lesion" / f"{file_stem(source)}_mask.png") as tmp:
             Image.fromarray(mask[..., 0].astype(np.uint8) * 255).save(tmp, format="PNG")
     return len(sources)
 
