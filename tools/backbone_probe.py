@@ -84,7 +84,6 @@ class FeatureProbe(nn.Module):
         self.image_size = check_image_size(image_size)
         self.detector = detector
         self.shrinkage = shrinkage
-        self.levels = len(extractor.channels)
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if tuple(x.shape[-2:]) != self.image_size:
@@ -101,14 +100,16 @@ class FeatureProbe(nn.Module):
         self.extractor.fit_statistics(images)
         if self.detector != "gaussian":
             return
+        # Running float64 sums over the batches rather than sklearn's EmpiricalCovariance, which needs every
+        # position's vector in memory at once (hundreds of thousands of positions per level on a volume dataset).
         sums: list[torch.Tensor] = []
         products: list[torch.Tensor] = []
         counts: list[int] = []
         for batch in images:
             vectors = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double() for f in self._features(batch)]
             if not sums:
-                sums = [torch.zeros(v.shape[1], dtype=torch.float64) for v in vectors]
-                products = [torch.zeros(v.shape[1], v.shape[1], dtype=torch.float64) for v in vectors]
+                sums = [v.new_zeros(v.shape[1]) for v in vectors]
+                products = [v.new_zeros(v.shape[1], v.shape[1]) for v in vectors]
                 counts = [0] * len(vectors)
             for level, v in enumerate(vectors):
                 sums[level] += v.sum(dim=0)
@@ -117,7 +118,7 @@ class FeatureProbe(nn.Module):
         for level, (total, product, count) in enumerate(zip(sums, products, counts, strict=True)):
             mean = total / count
             covariance = product / count - torch.outer(mean, mean)
-            covariance += self.shrinkage * torch.eye(mean.shape[0], dtype=torch.float64)
+            covariance += self.shrinkage * torch.eye(mean.shape[0], dtype=torch.float64, device=mean.device)
             self.register_buffer(f"mean_{level}", mean.float())
             self.register_buffer(f"precision_{level}", torch.linalg.inv(covariance).float())
 
