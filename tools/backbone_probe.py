@@ -92,12 +92,13 @@ class FeatureProbe(nn.Module):
 
     @torch.no_grad()
     def fit(self, images: Sequence[torch.Tensor]) -> None:
-        """Fit the extractor's statistics and, for ``"gaussian"``, each level's mean and covariance.
+        """Fit the extractor's statistics (unless fitted) and, for ``"gaussian"``, each level's mean and covariance.
 
         Args:
             images: batches ``(B, C, X, Y)`` of normal training images at ``image_size``.
         """
-        self.extractor.fit_statistics(images)
+        if not bool(self.extractor.fitted):
+            self.extractor.fit_statistics(images)
         if self.detector != "gaussian":
             return
         # Running float64 sums over the batches rather than sklearn's EmpiricalCovariance, which needs every
@@ -203,9 +204,10 @@ def probe_backbone(
     rows = []
     for weight in weights:
         label = "random" if weight is None else Path(weight).stem
+        torch.manual_seed(seed)
+        extractor = FeatureExtractor(backbone, 1, out_indices, weight)
+        extractor.fit_statistics(images)  # once per backbone: every detector reads the same standardised features
         for detector in detectors:
-            torch.manual_seed(seed)
-            extractor = FeatureExtractor(backbone, 1, out_indices, weight)
             probe = FeatureProbe(extractor, image_size, detector, shrinkage)
             probe.fit(images)
             evaluation = AnomalyEvaluation(
