@@ -15,6 +15,9 @@ from tools.phantoms import write_dataset
 
 # A tiny network for fast CPU tests (paper: 256 x 256, 15 blocks, hidden width 128).
 TINY = {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16}
+# The trained tiny model reads stages 1-2 (not the default 1-3): inference and evaluation rebuild them from the
+# checkpoint alone.
+TINY_TRAINED = {**TINY, "out_indices": [1, 2]}
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +97,15 @@ def test_metadata_verifies_against_the_schema():
 def trained_tiny(phantoms_3d, tmp_path_factory) -> Path:
     """Train the tiny network for one epoch through ``python -m monai.bundle run training`` (real config)."""
     out = tmp_path_factory.mktemp("ms_nf_run")
-    return contract.train("ms_nf", {**TINY, "dataset_dir": phantoms_3d, "max_epochs": 1, "batch_size": 8}, out)
+    overrides = {**TINY_TRAINED, "dataset_dir": phantoms_3d, "max_epochs": 1, "batch_size": 8}
+    return contract.train("ms_nf", overrides, out)
 
 
 def test_training_writes_checkpoint_with_calibration(trained_tiny):
     state = contract.check_checkpoint_calibrated(trained_tiny, TINY["image_size"], "topk_mean")
     assert bool(state["extractor.fitted"])
+    flows = {key.split(".")[1] for key in state if key.startswith("flows.")}
+    assert flows == {"0", "1"}, "one flow per configured stage (out_indices [1, 2])"
 
 
 def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_path):
@@ -114,7 +120,9 @@ def test_inference_under_torchrun_matches_one_process(phantoms_3d, trained_tiny,
 
 def test_model_pt_alone_rebuilds_the_network(phantoms_3d, trained_tiny, tmp_path):
     lesion = sorted((phantoms_3d / "test" / "lesion").iterdir())[0]
-    contract.check_checkpoint_describes_its_network("ms_nf", TINY, trained_tiny, lesion, ("n_blocks", 3), tmp_path)
+    contract.check_checkpoint_describes_its_network(
+        "ms_nf", TINY_TRAINED, trained_tiny, lesion, ("n_blocks", 3), tmp_path
+    )
 
 
 def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
