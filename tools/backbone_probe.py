@@ -11,6 +11,10 @@ pipeline (:class:`common.evaluation.AnomalyEvaluation`: same slicing, foreground
 * ``gaussian``: :math:`\tfrac{1}{2C}(f-\mu)^\top(\Sigma + \lambda I)^{-1}(f-\mu)` under one Gaussian per level with a
   full channel covariance shared by all positions. It is the negative log-likelihood of the best *affine* flow, the
   density a flow's likelihood training reaches when its couplings learn no more than an affine map.
+* ``positional``: the same distance under one Gaussian *per position* (mean and full channel covariance of each
+  feature-map position over the training images), PaDiM's model (Defard et al., ICPR 2020, Sec. 3.2) on these
+  features. On aligned anatomy it also scores where a pattern occurs, which a position-free flow cannot; set against
+  ``gaussian`` it tells how much of a peer's lead comes from position.
 
 Each level's map is upsampled to the input size and the levels are averaged, as MS-NF fuses its scales.
 When the trained flows score below ``norm`` on a validation split, their training moves away from the anomalies;
@@ -47,7 +51,7 @@ from tools.arguments import OneLineArgumentParser, UsageError
 
 __all__ = ["DETECTORS", "FeatureProbe", "main", "probe_backbone"]
 
-DETECTORS = ("norm", "gaussian")
+DETECTORS = ("norm", "gaussian", "positional")
 
 #: keys of a bundle's ``metrics.json`` reported by the probe
 REPORTED = ("image_auroc", "pixel_auroc", "pixel_auroc_foreground", "aupro", "aupro_foreground")
@@ -59,7 +63,7 @@ class FeatureProbe(nn.Module):
     Args:
         extractor: the frozen feature extractor (its statistics fitted by :meth:`fit`).
         image_size: network input size ``(X, Y)``; inputs are resized to it and maps resized back.
-        detector: ``"norm"`` or ``"gaussian"``.
+        detector: ``"norm"``, ``"gaussian"`` or ``"positional"``.
         shrinkage: :math:`\lambda`, added to the covariance's diagonal (the features are standardised, so 1 is the
             average eigenvalue).
 
@@ -92,36 +96,40 @@ class FeatureProbe(nn.Module):
 
     @torch.no_grad()
     def fit(self, images: Sequence[torch.Tensor]) -> None:
-        """Fit the extractor's statistics (unless fitted) and, for ``"gaussian"``, each level's mean and covariance.
+        """Fit the extractor's statistics (unless fitted) and the Gaussians of ``"gaussian"`` or ``"positional"``.
 
         Args:
             images: batches ``(B, C, X, Y)`` of normal training images at ``image_size``.
         """
         if not bool(self.extractor.fitted):
             self.extractor.fit_statistics(images)
-        if self.detector != "gaussian":
+        if self.detector == "norm":
             return
         # Running float64 sums over the batches rather than sklearn's EmpiricalCovariance, which needs every
         # position's vector in memory at once (hundreds of thousands of positions per level on a volume dataset).
+        # Shared: one sum over every position; positional: one sum per position (its own mean and covariance).
+        positional = self.detector == "positional"
         sums: list[torch.Tensor] = []
         products: list[torch.Tensor] = []
         counts: list[int] = []
         for batch in images:
-            vectors = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double() for f in self._features(batch)]
+            vectors = [f.permute(2, 3, 0, 1).flatten(0, 1).double() for f in self._features(batch)]  # (hw, B, C)
+            if not positional:
+                vectors = [v.reshape(1, -1, v.shape[-1]) for v in vectors]  # (1, hw B, C)
             if not sums:
-                sums = [v.new_zeros(v.shape[1]) for v in vectors]
-                products = [v.new_zeros(v.shape[1], v.shape[1]) for v in vectors]
+                sums = [v.new_zeros(v.shape[0], v.shape[2]) for v in vectors]
+                products = [v.new_zeros(v.shape[0], v.shape[2], v.shape[2]) for v in vectors]
                 counts = [0] * len(vectors)
             for level, v in enumerate(vectors):
-                sums[level] += v.sum(dim=0)
-                products[level] += v.T @ v
-                counts[level] += v.shape[0]
+                sums[level] += v.sum(dim=1)
+                products[level] += v.transpose(1, 2) @ v
+                counts[level] += v.shape[1]
         for level, (total, product, count) in enumerate(zip(sums, products, counts, strict=True)):
             mean = total / count
-            covariance = product / count - torch.outer(mean, mean)
-            covariance += self.shrinkage * torch.eye(mean.shape[0], dtype=torch.float64, device=mean.device)
-            self.register_buffer(f"mean_{level}", mean.float())
-            self.register_buffer(f"precision_{level}", torch.linalg.inv(covariance).float())
+            covariance = product / count - mean[:, :, None] * mean[:, None, :]
+            covariance += self.shrinkage * torch.eye(mean.shape[1], dtype=torch.float64, device=mean.device)
+            self.register_buffer(f"mean_{level}", mean.float())  # (P, C), P = 1 (shared) or h * w (positional)
+            self.register_buffer(f"precision_{level}", torch.linalg.inv(covariance).float())  # (P, C, C)
 
     def level_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-level maps ``(B, 1, h_l, w_l)`` (see the module docstring)."""
@@ -129,13 +137,14 @@ class FeatureProbe(nn.Module):
         if self.detector == "norm":
             return [0.5 * f.float().pow(2).mean(dim=1, keepdim=True) for f in features]
         if not hasattr(self, "mean_0"):
-            msg = "the gaussian probe is not fitted: call fit() with training images first"
+            msg = f"the {self.detector} probe is not fitted: call fit() with training images first"
             raise RuntimeError(msg)
         maps = []
         for level, f in enumerate(features):
-            centred = f.float().permute(0, 2, 3, 1) - getattr(self, f"mean_{level}")
-            distance = ((centred @ getattr(self, f"precision_{level}")) * centred).sum(dim=-1) / (2 * f.shape[1])
-            maps.append(distance[:, None])
+            batch, channels, height, width = f.shape
+            centred = f.float().permute(2, 3, 0, 1).flatten(0, 1) - getattr(self, f"mean_{level}")[:, None]
+            distance = ((centred @ getattr(self, f"precision_{level}")) * centred).sum(dim=-1) / (2 * channels)
+            maps.append(distance.T.reshape(batch, 1, height, width))  # (hw, B) -> (B, 1, h, w)
         return maps
 
     @torch.no_grad()
@@ -190,7 +199,7 @@ def probe_backbone(
         settings: slicing and normalisation; default: the bundles' (``min_foreground`` 0.05, ``min_brain_fraction``
             0.25).
         scorer: maps to scores; default: the bundles' (top 1 % mean after smoothing with sigma 4).
-        shrinkage: covariance shrinkage of ``"gaussian"``.
+        shrinkage: covariance shrinkage of ``"gaussian"`` and ``"positional"``.
         device: where to run.
         seed: seed of the random initialisation.
 
