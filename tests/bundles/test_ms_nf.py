@@ -66,6 +66,30 @@ def test_forward_train_gives_finite_gradients_and_keeps_backbone_frozen(network_
         assert torch.equal(value, backbone_before[key]), key
 
 
+def test_nll_map_adds_each_positions_log_determinant_share(network_module):
+    """``map_score="nll"`` is the z² map minus the position's log-det share over C (eq. 12 per position)."""
+    torch.manual_seed(0)
+    kwargs = {"image_size": (64, 64), "n_blocks": 2, "hidden_channels": 16}
+    z2 = network_module.MSNF(**kwargs, map_score="z2").eval()
+    with torch.no_grad():  # move the couplings away from the identity they start as
+        for parameter in z2.flows.parameters():
+            if parameter.is_floating_point():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    nll = network_module.MSNF(**kwargs, map_score="nll").eval()
+    nll.load_state_dict(z2.state_dict())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        outputs = z2.forward_train(x).flows
+        difference = [n - z for n, z in zip(nll.scale_maps(x), z2.scale_maps(x), strict=True)]
+    for out, diff in zip(outputs, difference, strict=True):
+        assert out.log_jac_map.abs().max() > 1e-3
+        torch.testing.assert_close(diff, -out.log_jac_map / out.z.shape[1], rtol=1e-4, atol=1e-5)
+        # summed over positions, the NLL map is the sample's NLL of the training loss over C
+        expected = (0.5 * out.z.pow(2).sum(dim=(1, 2, 3)) - out.log_jac_det) / out.z.shape[1]
+        total = (0.5 * out.z.pow(2).mean(dim=1, keepdim=True) + diff).sum(dim=(1, 2, 3))
+        torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-3)
+
+
 BAD_CONFIGS = [
     # unknown fusion rule
     ({"fusion": "sum"}, "fusion"),
@@ -73,10 +97,12 @@ BAD_CONFIGS = [
     ({"image_size": (16, 16)}, "image_size"),
     # unknown backbone
     ({"backbone": "not_a_model"}, "not_a_model"),
+    # unknown map score
+    ({"map_score": "logp"}, "map_score"),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "word"), BAD_CONFIGS, ids=["fusion", "image-size", "backbone"])
+@pytest.mark.parametrize(("kwargs", "word"), BAD_CONFIGS, ids=["fusion", "image-size", "backbone", "map-score"])
 def test_bad_configuration_raises_value_error(network_module, kwargs, word):
     with pytest.raises(ValueError, match=word):
         network_module.MSNF(n_blocks=1, hidden_channels=8, **kwargs)

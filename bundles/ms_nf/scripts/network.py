@@ -31,6 +31,7 @@ from common.flows import (
     cbam_subnet_constructor,
     conv_subnet_constructor,
     full_precision,
+    position_nll,
     run_flow_with_local_log_det,
 )
 from common.scoring import Calibration
@@ -38,6 +39,7 @@ from common.scoring import Calibration
 __all__ = ["MSNF", "MSNFTrainOutput"]
 
 FUSIONS = ("mean", "max")
+MAP_SCORES = ("z2", "nll")
 
 
 class MSNFTrainOutput(NamedTuple):
@@ -48,7 +50,7 @@ class MSNFTrainOutput(NamedTuple):
 
 @records_arguments(runtime=("backbone_weights", "feature_noise", "seed"))
 class MSNF(nn.Module):
-    """Multi-scale normalizing flow anomaly detector.
+    r"""Multi-scale normalizing flow anomaly detector.
 
     In eval mode ``forward(x)`` returns the anomaly map ``(B, 1, H, W)`` at the input resolution (higher = more
     anomalous). Inputs of any size are resized to ``image_size`` for the backbone and the map is resized back.
@@ -65,6 +67,11 @@ class MSNF(nn.Module):
         clamp: soft-clamp bound α of the log-scales.
         attention: use the CBAM subnet (``False``: plain conv subnet, an ablation).
         fusion: how per-scale maps are fused, ``"mean"`` or ``"max"``.
+        map_score: each scale's anomaly map. ``"z2"``: :math:`\tfrac12\,\mathrm{mean}_c z_c^2`, the Gaussian term of
+            the NLL alone; ``"nll"``: the per-position NLL of the flow, :math:`\tfrac{1}{C}(\tfrac12\lVert z\rVert^2
+            - \ell)` with :math:`\ell` the position's share of :math:`\log|\det J|`
+            (:func:`common.flows.position_nll`), the quantity eq. 12 sums into the training loss. Both are divided
+            by the channel count so the scales weigh alike in the fusion.
         feature_noise: standard deviation of Gaussian noise added to the standardised features in training only
             (0 = none). Flat background regions give near-constant features that a flow can compress without
             bound, which lets the likelihood of the background dominate the loss; a little noise bounds that gain
@@ -92,11 +99,16 @@ class MSNF(nn.Module):
         fusion: str = "mean",
         feature_noise: float = 0.0,
         seed: int = 0,
+        map_score: str = "z2",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             msg = f"fusion must be one of {FUSIONS}, got {fusion!r}"
             raise ValueError(msg)
+        if map_score not in MAP_SCORES:
+            msg = f"map_score must be one of {MAP_SCORES}, got {map_score!r}"
+            raise ValueError(msg)
+        self.map_score = map_score
         check_non_negative("feature_noise", feature_noise)
         self.image_size = check_image_size(image_size)
         self.fusion = fusion
@@ -128,11 +140,14 @@ class MSNF(nn.Module):
         )
 
     def scale_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-scale maps ``0.5 · mean_c(z²)``, each ``(B, 1, h_l, w_l)`` at its feature resolution.
+        """Per-scale maps (``map_score``), each ``(B, 1, h_l, w_l)`` at its feature resolution.
 
-        The sum runs in float32 even under bf16 autocast (hundreds of squared channels would lose their low digits).
+        The sums run in float32 even under bf16 autocast (hundreds of squared channels would lose their low digits).
         """
-        return [0.5 * full_precision(out.z).pow(2).mean(dim=1, keepdim=True) for out in self.forward_train(x).flows]
+        flows = self.forward_train(x).flows
+        if self.map_score == "nll":
+            return [position_nll(out.z, out.log_jac_map) / out.z.shape[1] for out in flows]
+        return [0.5 * full_precision(out.z).pow(2).mean(dim=1, keepdim=True) for out in flows]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly map ``(B, 1, H, W)`` for images ``(B, C, H, W)``."""
