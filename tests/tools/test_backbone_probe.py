@@ -32,40 +32,41 @@ def test_norm_probe_is_the_ms_nf_map_at_initialisation() -> None:
     torch.testing.assert_close(probe(x), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_gaussian_probe_is_the_mahalanobis_distance_of_the_training_features() -> None:
+def _fitted_probe(detector: str) -> tuple[list[np.ndarray], list[np.ndarray], list[torch.Tensor]]:
+    """A probe fitted on 8 random images: the training features, a test batch's features and its maps per level."""
     torch.manual_seed(0)
     extractor = FeatureExtractor(out_indices=(1, 2))
-    probe = FeatureProbe(extractor, (32, 32), "gaussian", shrinkage=0.5)
+    probe = FeatureProbe(extractor, (32, 32), detector, shrinkage=0.5)
     train = _images(3, n=8)
     probe.fit(train)
     x = _images(4, n=2)[0]
-    maps = probe.level_maps(x)
-    for level, feature in enumerate(extractor(train[0])):
-        vectors = feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1]).double().numpy()
-        mean = vectors.mean(axis=0)
-        covariance = np.cov(vectors, rowvar=False, bias=True) + 0.5 * np.eye(vectors.shape[1])
-        test = extractor(x)[level].permute(0, 2, 3, 1).double().numpy() - mean
-        expected = np.einsum("bhwc,cd,bhwd->bhw", test, np.linalg.inv(covariance), test) / (2 * vectors.shape[1])
-        np.testing.assert_allclose(maps[level][:, 0].numpy(), expected, rtol=1e-3, atol=1e-4)
+    # features as (h, w, N, C): the N vectors of each position
+    train_features = [f.permute(2, 3, 0, 1).double().numpy() for f in extractor(train[0])]
+    test_features = [f.permute(2, 3, 0, 1).double().numpy() for f in extractor(x)]
+    return train_features, test_features, probe.level_maps(x)
+
+
+def _distance(vectors: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """½/C Mahalanobis distance of ``test`` (..., C) under the Gaussian of ``vectors`` (N, C), shrinkage 0.5."""
+    mean = vectors.mean(axis=0)
+    covariance = np.cov(vectors, rowvar=False, bias=True) + 0.5 * np.eye(vectors.shape[1])
+    centred = test - mean
+    return np.einsum("...c,cd,...d->...", centred, np.linalg.inv(covariance), centred) / (2 * vectors.shape[1])
+
+
+def test_gaussian_probe_is_the_mahalanobis_distance_of_the_training_features() -> None:
+    train, test, maps = _fitted_probe("gaussian")
+    for level, (vectors, features) in enumerate(zip(train, test, strict=True)):
+        expected = _distance(vectors.reshape(-1, vectors.shape[-1]), features)  # one Gaussian for every position
+        np.testing.assert_allclose(maps[level][:, 0].numpy(), expected.transpose(2, 0, 1), rtol=1e-3, atol=1e-4)
 
 
 def test_positional_probe_has_one_gaussian_per_position() -> None:
-    torch.manual_seed(0)
-    extractor = FeatureExtractor(out_indices=(1, 2))
-    probe = FeatureProbe(extractor, (32, 32), "positional", shrinkage=0.5)
-    train = _images(3, n=8)
-    probe.fit(train)
-    x = _images(4, n=2)[0]
-    maps = probe.level_maps(x)
-    for level, feature in enumerate(extractor(train[0])):
-        vectors = feature.permute(2, 3, 0, 1).double().numpy()  # (h, w, N, C): N training vectors per position
-        test = extractor(x)[level].permute(2, 3, 0, 1).double().numpy()
-        height, width, _, channels = vectors.shape
+    train, test, maps = _fitted_probe("positional")
+    for level, (vectors, features) in enumerate(zip(train, test, strict=True)):
+        height, width = vectors.shape[:2]
         for i, j in [(0, 0), (height // 2, width - 1), (height - 1, width // 3)]:
-            mean = vectors[i, j].mean(axis=0)
-            covariance = np.cov(vectors[i, j], rowvar=False, bias=True) + 0.5 * np.eye(channels)
-            centred = test[i, j] - mean
-            expected = np.einsum("bc,cd,bd->b", centred, np.linalg.inv(covariance), centred) / (2 * channels)
+            expected = _distance(vectors[i, j], features[i, j])
             np.testing.assert_allclose(maps[level][:, 0, i, j].numpy(), expected, rtol=1e-3, atol=1e-4)
 
 
