@@ -13,7 +13,8 @@ ground truth as ``<stem>_mask.png`` (0/255), so a 2D detector and a bundle see t
 A slice is named after its volume and its index along the slicing axis (``_z<index>`` whatever the axis), so
 :func:`tools.holdout_subjects.subject_of` finds the subject of each slice. The slices are stripped (zero outside the
 brain), so the bundles' computed foreground of a written slice is the brain again. ``train/mixed`` is not written
-(its volumes have no ground truth to split them by). Inputs are never modified; every file is written atomically.
+(its volumes have no ground truth to split them by). Inputs are never modified; every file is written atomically. A
+volume that cannot be read is skipped and reported on one line, the rest is written, and the exit status is 1.
 
 Usage::
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data import ImageRecord, discover_dataset
+from common.data import ImageRecord, discover_dataset, file_stem, is_nifti
 from common.io import atomic_output
 from common.volumes import SliceSettings, load_slices
 from tools.arguments import OneLineArgumentParser, UsageError
@@ -50,22 +51,33 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _write_records(
-    records: Sequence[ImageRecord], out_dir: Path, folder: str, defect: str, settings: SliceSettings
+    records: Sequence[ImageRecord],
+    out_dir: Path,
+    folder: str,
+    defect: str,
+    settings: SliceSettings,
+    skipped: list[str],
 ) -> int:
+    """Write the slices of ``records``; an unreadable volume is skipped and its one-line error added to ``skipped``."""
     written = 0
-    for item in load_slices(records, settings):
-        stem = Path(item["source"]).name.split(".")[0]
-        name = f"{stem}_z{item['slice']:03d}"
-        _write_png(_to_uint8(item["image"][0]), out_dir / folder / defect / f"{name}.png")
-        if "mask" in item:
-            _write_png(_to_uint8(item["mask"][0]), out_dir / "ground_truth" / defect / f"{name}_mask.png")
-        written += 1
+    for record in records:
+        try:
+            items = load_slices([record], settings)  # one volume at a time: a bad file stops only itself
+        except ValueError as error:
+            skipped.append(str(error))
+            continue
+        for item in items:
+            name = f"{file_stem(record.image)}_z{item['slice']:03d}"
+            _write_png(_to_uint8(item["image"][0]), out_dir / folder / defect / f"{name}.png")
+            if "mask" in item:
+                _write_png(_to_uint8(item["mask"][0]), out_dir / "ground_truth" / defect / f"{name}_mask.png")
+            written += 1
     return written
 
 
 def write_slice_dataset(
     dataset_dir: str | Path, out_dir: str | Path, settings: SliceSettings | None = None
-) -> dict[str, int]:
+) -> tuple[dict[str, int], list[str]]:
     """Write the selected slices of ``dataset_dir``'s ``train/good`` and ``test/<class>`` volumes as a 2D dataset.
 
     Args:
@@ -74,11 +86,13 @@ def write_slice_dataset(
         settings: slicing, foreground and normalisation; default :data:`DEFAULT_SETTINGS`.
 
     Returns:
-        slices written per folder, e.g. ``{"train/good": 800, "test/good": 300, "test/lesion": 280}``.
+        ``(counts, skipped)``: slices written per folder, e.g. ``{"train/good": 800, "test/good": 300,
+        "test/lesion": 280}``, and the one-line errors (``"<file>: ..."``) of the volumes that could not be read,
+        which are left out while the rest is written.
 
     Raises:
-        ValueError: ``"<file>: ..."`` for a file that is not a 3D volume or cannot be read, or when ``out_dir`` is
-            not empty.
+        ValueError: ``"<file>: ..."`` for a file that is not a NIfTI file (checked before anything is written), or
+            when ``out_dir`` is not empty.
     """
     settings = settings or DEFAULT_SETTINGS
     out_dir = Path(out_dir)
@@ -87,16 +101,17 @@ def write_slice_dataset(
         raise ValueError(msg)
     index = discover_dataset(dataset_dir)
     for record in [*index.train_good, *index.test]:
-        if not str(record.image).endswith((".nii", ".nii.gz")):
+        if not is_nifti(record.image):
             msg = f"{record.image}: not a NIfTI volume (this tool slices 3D datasets)"
             raise ValueError(msg)
-    counts = {"train/good": _write_records(index.train_good, out_dir, "train", "good", settings)}
+    skipped: list[str] = []
+    counts = {"train/good": _write_records(index.train_good, out_dir, "train", "good", settings, skipped)}
     by_class: dict[str, list[ImageRecord]] = {}
     for record in index.test:
         by_class.setdefault(record.defect, []).append(record)
     for defect, records in sorted(by_class.items()):
-        counts[f"test/{defect}"] = _write_records(records, out_dir, "test", defect, settings)
-    return counts
+        counts[f"test/{defect}"] = _write_records(records, out_dir, "test", defect, settings, skipped)
+    return counts, skipped
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,12 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = SliceSettings(
             axis=args.axis, min_foreground=DEFAULT_SETTINGS.min_foreground, min_brain_fraction=args.min_brain_fraction
         )
-        counts = write_slice_dataset(args.dataset_dir, args.out_dir, settings)
+        counts, skipped = write_slice_dataset(args.dataset_dir, args.out_dir, settings)
     except (UsageError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     print(", ".join(f"{folder}: {n} slices" for folder, n in counts.items()))
-    return 0
+    for error in skipped:
+        print(f"{parser.prog}: skipped {error}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

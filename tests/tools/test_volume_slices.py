@@ -59,7 +59,8 @@ def dataset(tmp_path: Path) -> Path:
 def test_slices_are_the_bundles_stripped_slices_with_masks(dataset: Path, tmp_path: Path) -> None:
     before = {p: p.read_bytes() for p in dataset.rglob("*.nii.gz")}
     out = tmp_path / "slices"
-    counts = write_slice_dataset(dataset, out)
+    counts, skipped = write_slice_dataset(dataset, out)
+    assert skipped == []
     assert counts == {"train/good": 6, "test/good": 6, "test/lesion": 6}  # brain slices 2-7 of each volume
     assert sorted(p.name for p in (out / "test" / "lesion").iterdir())[0] == "c_z002.png"
     settings = SliceSettings(min_foreground=0.05, min_brain_fraction=0.25)
@@ -92,3 +93,18 @@ def test_errors_are_one_line(dataset: Path, tmp_path: Path, capsys: pytest.Captu
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(dataset / "test" / "good" / "d.png")
     with pytest.raises(ValueError, match=r"d\.png: not a NIfTI volume"):
         write_slice_dataset(dataset, tmp_path / "out")
+
+
+def test_unreadable_volume_is_skipped_and_reported_and_the_rest_is_written(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = dataset / "test" / "good" / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    out = tmp_path / "slices"
+    assert main([str(dataset), str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "train/good: 6 slices, test/good: 6 slices, test/lesion: 6 slices" in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"python -m tools.volume_slices: skipped {bad}: "), lines
+    assert len(list((out / "test" / "good").iterdir())) == 6
+    assert not any(p.name.startswith("broken") for p in out.rglob("*"))
