@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.batchnorm import reestimate_batch_norm, training_batch_norms
+
 __all__ = ["FeatureExtractor", "build_backbone", "load_local_weights"]
 
 logger = logging.getLogger(__name__)
@@ -218,17 +220,11 @@ class FeatureExtractor(nn.Module):
             raise ValueError(msg)
         device = device or next(self.model.parameters()).device
         if self.recalibrate_batchnorm:
-            norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            momenta = [m.momentum for m in norms]
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over all batches
             self.model.train()
-            for batch in batches:
-                self.model(self.prepare_input(batch.to(device)))
-            self.model.eval()
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
+            try:
+                reestimate_batch_norm(training_batch_norms(self.model), lambda: self._forward_all(batches, device))
+            finally:
+                self.model.eval()
         sums = [torch.zeros(c, dtype=torch.float64, device=device) for c in self.channels]
         squares = [torch.zeros(c, dtype=torch.float64, device=device) for c in self.channels]
         counts = [0] * len(self.channels)
@@ -248,6 +244,11 @@ class FeatureExtractor(nn.Module):
             getattr(self, f"mean_{level}").copy_(mean.float().view(1, -1, 1, 1))
             getattr(self, f"std_{level}").copy_(std.clamp_min(floor).float().view(1, -1, 1, 1))
         self.fitted.fill_(True)
+
+    def _forward_all(self, batches: Sequence[torch.Tensor], device: torch.device | str) -> int:
+        for batch in batches:
+            self.model(self.prepare_input(batch.to(device)))
+        return len(batches)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Extract the features of ``x`` ``(B, C, H, W)``: a list of ``(B, C_l, H / s_l, W / s_l)`` tensors."""

@@ -40,12 +40,14 @@ __all__ = [
     "wrap_for_training",
 ]
 
-# Handlers that only rank 0 runs: logging, progress, calibration and checkpoint writing (by class name, so MONAI's
-# and this project's handlers are matched without importing them here).
+# Handlers that only rank 0 runs: logging, progress, the final BatchNorm re-estimation, calibration and checkpoint
+# writing (by class name, so MONAI's and this project's handlers are matched without importing them here). Rank 0
+# re-estimates BatchNorm statistics over the whole training set for the model it saves.
 FIRST_PROCESS_HANDLERS = (
     "StatsHandler",
     "TensorBoardStatsHandler",
     "EpochProgress",
+    "BatchNormStatisticsHandler",
     "CalibrationHandler",
     "CheckpointSaver",
     "PseudoAUCHandler",

@@ -8,6 +8,9 @@ handlers do the rest of the bundle contract:
   iteration (see :mod:`common.backbones`).
 * :class:`CalibrationHandler` computes thresholds on held-out normal images when training completes, before the
   final checkpoint is written, so ``model.pt`` carries them.
+
+:class:`BatchNormStatisticsHandler` (optional, attached before calibration) re-estimates the trainable BatchNorm
+statistics with the final weights when training completes.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from torch import nn
 
+from common.batchnorm import reestimate_batch_norm, training_batch_norms
 from common.checkpoint import check_arguments
+from common.checks import check_bool
 from common.scoring import MapScorer, calibrate_thresholds
 
 __all__ = [
+    "BatchNormStatisticsHandler",
     "CalibrationHandler",
     "FeatureStatisticsHandler",
     "ForwardTrainInferer",
@@ -193,6 +199,73 @@ class FeatureStatisticsHandler:
             images.append(batch["image"])
         extractor.fit_statistics(images, self.device)
         logger.info("fitted feature statistics on %d training images", sum(len(b) for b in images))
+
+
+class BatchNormStatisticsHandler:
+    """Re-estimate the trainable BatchNorm running statistics with the final weights when training completes.
+
+    The network's ``forward_train`` runs in training mode without gradients over ``loader`` (training images, no
+    augmentation) and every BatchNorm layer in training mode gets the plain average of those batches' statistics
+    (:func:`common.batchnorm.reestimate_batch_norm`, "precise BN"); a frozen backbone kept in eval mode is left
+    untouched. Attach it BEFORE the calibration handler and the checkpoint saver, so thresholds are computed and
+    saved with the re-estimated statistics.
+
+    Args:
+        network: the detector (or its ``DistributedDataParallel`` / :class:`TrainingForward` wrapper), with a
+            ``forward_train`` method.
+        loader: batches of training slice dictionaries with an ``image`` key.
+        device: where to run.
+        max_batches: use at most this many batches (``None``: all).
+        enabled: ``False`` attaches nothing (PyTorch's running averages are kept), for configs that switch it.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loader: Iterable[Mapping[str, Any]],
+        device: torch.device | str,
+        max_batches: int | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if max_batches is not None and max_batches < 1:
+            msg = f"max_batches must be >= 1 or None, got {max_batches}"
+            raise ValueError(msg)
+        self.network = network
+        self.loader = loader
+        self.device = device
+        self.max_batches = max_batches
+        self.enabled = check_bool("enabled", enabled)
+
+    def attach(self, engine: Any) -> None:
+        """Run at ``Events.COMPLETED`` of ``engine`` (nothing when not enabled)."""
+        if self.enabled:
+            engine.add_event_handler(_engine_event("COMPLETED"), self)
+
+    def __call__(self, engine: Any = None) -> None:
+        """Re-estimate the statistics."""
+        network = _unwrap(self.network)
+        if isinstance(network, TrainingForward):
+            network = network.network
+        was_training = network.training
+        network.train()
+        try:
+            norms = training_batch_norms(network)
+            if not norms:
+                logger.info("%s has no trainable BatchNorm layer; nothing to re-estimate", type(network).__name__)
+                return
+            n_batches = reestimate_batch_norm(norms, lambda: self._run(network))
+        finally:
+            network.train(was_training)
+        logger.info("re-estimated %d BatchNorm layers' statistics on %d training batches", len(norms), n_batches)
+
+    def _run(self, network: nn.Module) -> int:
+        n_batches = 0
+        for batch in self.loader:
+            if self.max_batches is not None and n_batches >= self.max_batches:
+                break
+            network.forward_train(batch["image"].to(self.device))
+            n_batches += 1
+        return n_batches
 
 
 class CalibrationHandler:

@@ -97,6 +97,25 @@ def test_training_step_updates_student_and_leaves_teacher_unchanged(scripts):
     assert changed, "the student did not change"
 
 
+def test_batchnorm_reestimation_changes_only_the_student_statistics(scripts):
+    from common.training import BatchNormStatisticsHandler
+
+    torch.manual_seed(0)
+    net = scripts.network.SkipTS(image_size=(64, 64)).eval()
+    teacher_before = {k: v.clone() for k, v in net.teacher.state_dict().items()}
+    student_weights = {k: v.clone() for k, v in net.student.named_parameters()}
+    loader = [{"image": torch.rand(4, 1, 64, 64)} for _ in range(2)]
+    BatchNormStatisticsHandler(net, loader, "cpu")()
+    for key, value in net.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    for key, value in net.student.named_parameters():
+        assert torch.equal(value, student_weights[key]), key
+    norms = [m for m in net.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(int(m.num_batches_tracked) == 2 for m in norms)
+    assert not any(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in norms)
+    assert not net.training
+
+
 def test_without_skip_connections_the_student_ignores_intermediate_teacher_features(scripts):
     torch.manual_seed(0)
     teacher = [torch.rand(1, c, s, s) for c, s in ((64, 16), (128, 8), (256, 4), (512, 2))]

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from common.scoring import Calibration, MapScorer
-from common.training import CalibrationHandler, PrepareImageAndForeground, learning_rate_schedule
+from common.training import (
+    BatchNormStatisticsHandler,
+    CalibrationHandler,
+    PrepareImageAndForeground,
+    TrainingForward,
+    learning_rate_schedule,
+)
 
 
 def test_prepare_batch_returns_image_and_foreground_on_device() -> None:
@@ -114,3 +120,60 @@ def test_learning_rate_schedule_resumes_from_its_state() -> None:
 def test_learning_rate_schedule_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         learning_rate_schedule(_optimizer(), **kwargs)
+
+
+class _NormedDetector(torch.nn.Module):
+    """A trainable BatchNorm behind ``forward_train``; ``forward`` is the eval-mode map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(1)
+
+    def forward_train(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm(images)
+
+
+def _image_batches() -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [{"image": 3.0 + 2.0 * torch.randn(4, 1, 6, 6, generator=generator)} for _ in range(3)]
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["network", "training_forward"])
+def test_batchnorm_handler_sets_the_statistics_of_the_final_weights(wrapped: bool) -> None:
+    network = _NormedDetector().eval()
+    loader = _image_batches()
+    handler = BatchNormStatisticsHandler(TrainingForward(network) if wrapped else network, loader, "cpu")
+    handler()
+    images = torch.cat([b["image"] for b in loader])
+    torch.testing.assert_close(network.norm.running_mean, images.mean().view(1), atol=1e-5, rtol=0)
+    assert network.norm.running_var.item() == pytest.approx(images.var().item(), rel=0.05)
+    assert not network.training  # the mode it had before
+
+
+def test_batchnorm_handler_uses_at_most_max_batches() -> None:
+    network = _NormedDetector()
+    loader = _image_batches()
+    BatchNormStatisticsHandler(network, loader, "cpu", max_batches=1)()
+    torch.testing.assert_close(network.norm.running_mean, loader[0]["image"].mean().view(1), atol=1e-5, rtol=0)
+
+
+def test_batchnorm_handler_attaches_at_completion_only_when_enabled() -> None:
+    from ignite.engine import Engine, Events
+
+    network = _NormedDetector()
+    on, off = Engine(lambda engine, batch: None), Engine(lambda engine, batch: None)
+    enabled = BatchNormStatisticsHandler(network, _image_batches(), "cpu")
+    enabled.attach(on)
+    BatchNormStatisticsHandler(network, _image_batches(), "cpu", enabled=False).attach(off)
+    assert on.has_event_handler(enabled, Events.COMPLETED)
+    assert not off._event_handlers[Events.COMPLETED]
+
+
+def test_batchnorm_handler_rejects_a_non_bool_switch_and_bad_max_batches() -> None:
+    with pytest.raises(TypeError, match="enabled"):
+        BatchNormStatisticsHandler(_NormedDetector(), [], "cpu", enabled="false")
+    with pytest.raises(ValueError, match="max_batches"):
+        BatchNormStatisticsHandler(_NormedDetector(), [], "cpu", max_batches=0)
