@@ -48,6 +48,7 @@ from common.evaluation import AnomalyEvaluation, write_json_atomic
 from common.scoring import MapScorer
 from common.volumes import SliceSettings, load_slices
 from tools.arguments import OneLineArgumentParser, UsageError
+from tools.bundles import bundle_slice_settings
 
 __all__ = ["DETECTORS", "FeatureProbe", "main", "probe_backbone"]
 
@@ -196,8 +197,8 @@ def probe_backbone(
         backbone: timm model name.
         out_indices: backbone stages (MS-NF: 1, 2, 3).
         image_size: network input size.
-        settings: slicing and normalisation; default: the bundles' (``min_foreground`` 0.05, ``min_brain_fraction``
-            0.25).
+        settings: slicing and normalisation; default: the bundles' evaluation settings
+            (:func:`tools.bundles.bundle_slice_settings`).
         scorer: maps to scores; default: the bundles' (top 1 % mean after smoothing with sigma 4).
         shrinkage: covariance shrinkage of ``"gaussian"`` and ``"positional"``.
         device: where to run.
@@ -206,7 +207,7 @@ def probe_backbone(
     Returns:
         one row per (weights, detector): the weights, the detector and the metrics of :data:`REPORTED`.
     """
-    settings = settings or SliceSettings(min_foreground=0.05, min_brain_fraction=0.25)
+    settings = settings or bundle_slice_settings()
     scorer = scorer or MapScorer("topk_mean", topk_fraction=0.01, smoothing_sigma=4.0)
     output_dir = Path(output_dir)
     images = training_images(dataset_dir, settings, image_size)

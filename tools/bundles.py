@@ -16,9 +16,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from monai.bundle import ConfigParser
+
+from common.volumes import SliceSettings
 from tools import forked_runs
 
-__all__ = ["REPO_ROOT", "BundleRunError", "bundle_command", "bundle_dir", "run_bundle", "torchrun_command"]
+__all__ = [
+    "REPO_ROOT",
+    "BundleRunError",
+    "bundle_command",
+    "bundle_dir",
+    "bundle_slice_settings",
+    "run_bundle",
+    "torchrun_command",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +50,25 @@ def bundle_dir(name: str) -> Path:
         msg = f"unknown bundle {name!r}; available: {available}"
         raise ValueError(msg)
     return path
+
+
+def bundle_slice_settings(
+    name: str = "ms_nf", config: str = "evaluate.json", overrides: Mapping[str, Any] | None = None
+) -> SliceSettings:
+    """The ``slice_settings`` a bundle config builds, with ``--key value`` style overrides applied.
+
+    Tools that read images the way a bundle's evaluation does (which slices, foreground, brain extraction,
+    intensity) take their settings from here rather than restating them. All bundles ship the same slice settings.
+
+    Example:
+        >>> bundle_slice_settings(overrides={"min_brain_fraction": 0.5}).min_brain_fraction
+        0.5
+    """
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(name) / "configs" / config))
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser.get_parsed_content("slice_settings", instantiate=True)
 
 
 def _format(value: Any) -> str:

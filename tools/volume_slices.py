@@ -34,11 +34,9 @@ from common.data import ImageRecord, discover_dataset, file_stem, is_nifti
 from common.io import atomic_output
 from common.volumes import SliceSettings, load_slices
 from tools.arguments import OneLineArgumentParser, UsageError
+from tools.bundles import bundle_slice_settings
 
 __all__ = ["main", "write_slice_dataset"]
-
-DEFAULT_SETTINGS = SliceSettings(min_foreground=0.05, min_brain_fraction=0.25)
-"""The bundles' evaluation slicing (``configs/evaluate.json``): brain slices with at least a quarter of the largest."""
 
 
 def _write_png(array: np.ndarray, destination: Path) -> None:
@@ -83,7 +81,8 @@ def write_slice_dataset(
     Args:
         dataset_dir: a dataset of 3D NIfTI volumes in the DESIGN.md layout.
         out_dir: the 2D dataset root to write (must not hold files already).
-        settings: slicing, foreground and normalisation; default :data:`DEFAULT_SETTINGS`.
+        settings: slicing, foreground and normalisation; default: the bundles' evaluation settings
+            (:func:`tools.bundles.bundle_slice_settings`).
 
     Returns:
         ``(counts, skipped)``: slices written per folder, e.g. ``{"train/good": 800, "test/good": 300,
@@ -94,7 +93,7 @@ def write_slice_dataset(
         ValueError: ``"<file>: ..."`` for a file that is not a NIfTI file (checked before anything is written), or
             when ``out_dir`` is not empty.
     """
-    settings = settings or DEFAULT_SETTINGS
+    settings = settings or bundle_slice_settings()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         msg = f"{out_dir}: output folder is not empty"
@@ -119,18 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineArgumentParser(prog="python -m tools.volume_slices", description=__doc__.splitlines()[0])
     parser.add_argument("dataset_dir", type=Path, help="3D dataset (NIfTI volumes) to slice")
     parser.add_argument("out_dir", type=Path, help="2D dataset root to write")
-    parser.add_argument("--axis", type=int, default=DEFAULT_SETTINGS.axis, help="slicing axis (default 2)")
+    parser.add_argument("--axis", type=int, default=None, help="slicing axis (default: the bundles' slice_axis, 2)")
     parser.add_argument(
         "--min-brain-fraction",
         type=float,
-        default=DEFAULT_SETTINGS.min_brain_fraction,
-        help="keep slices whose brain area is at least this fraction of the volume's largest (default 0.25)",
+        default=None,
+        help="keep slices whose brain area is at least this fraction of the volume's largest (default: the bundles' "
+        "evaluation setting, 0.25)",
     )
     try:
         args = parser.parse_args(argv)
-        settings = SliceSettings(
-            axis=args.axis, min_foreground=DEFAULT_SETTINGS.min_foreground, min_brain_fraction=args.min_brain_fraction
-        )
+        overrides = {"slice_axis": args.axis, "min_brain_fraction": args.min_brain_fraction}
+        settings = bundle_slice_settings(overrides={k: v for k, v in overrides.items() if v is not None})
         counts, skipped = write_slice_dataset(args.dataset_dir, args.out_dir, settings)
     except (UsageError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from monai.bundle import ConfigParser
 
 from common.data import ImageRecord, discover_dataset
 from common.metrics import evaluate_anomaly_detection
 from common.volumes import SliceSettings, load_record
-from tools.bundles import bundle_dir
+from tools.bundles import bundle_slice_settings
 from tools.compare.predictions import SlicePredictions
 from tools.compare.report import aggregate, aggregate_runs, one_line_error
 from tools.compare.settings import CompareSettings, config_overrides
@@ -84,11 +83,7 @@ def evaluation_slice_settings(settings: CompareSettings) -> SliceSettings:
     """
     bundle = settings.bundles[0]
     overrides = {**settings.overrides, **settings.bundle_overrides.get(bundle, {})}
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir(bundle) / "configs" / "evaluate.json"))
-    for key, value in config_overrides(bundle, overrides)["evaluate.json"].items():
-        parser[key] = value
-    return parser.get_parsed_content("slice_settings", instantiate=True)
+    return bundle_slice_settings(bundle, "evaluate.json", config_overrides(bundle, overrides)["evaluate.json"])
 
 
 def evaluation_ground_truth(record: ImageRecord, slice_settings: SliceSettings) -> tuple[np.ndarray | None, np.ndarray]:
