@@ -53,6 +53,7 @@ from tools.bundles import bundle_slice_settings
 __all__ = ["DETECTORS", "FeatureProbe", "main", "probe_backbone"]
 
 DETECTORS = ("norm", "gaussian", "positional")
+RANDOM_INITS = ("recalibrated", "timm")
 
 #: keys of a bundle's ``metrics.json`` reported by the probe
 REPORTED = ("image_auroc", "pixel_auroc", "pixel_auroc_foreground", "aupro", "aupro_foreground")
@@ -186,6 +187,7 @@ def probe_backbone(
     shrinkage: float = 0.01,
     device: str = "cpu",
     seed: int = 0,
+    random_init: str = "recalibrated",
 ) -> list[dict[str, Any]]:
     """Fit and evaluate every detector on every backbone (see the module docstring).
 
@@ -203,19 +205,34 @@ def probe_backbone(
         shrinkage: covariance shrinkage of ``"gaussian"`` and ``"positional"``.
         device: where to run.
         seed: seed of the random initialisation.
+        random_init: how random weights are initialised: ``"recalibrated"`` (the flows' backbone: residual branches
+            active, BatchNorm statistics re-estimated on the training images) or ``"timm"`` (timm's default:
+            zero-initialised last BatchNorm of every residual block, untouched statistics; the random backbone of
+            anomalib's PaDiM and of Skip-TS's teacher). Features are standardised either way.
 
     Returns:
         one row per (weights, detector): the weights, the detector and the metrics of :data:`REPORTED`.
     """
+    if random_init not in RANDOM_INITS:
+        msg = f"random_init must be one of {RANDOM_INITS}, got {random_init!r}"
+        raise ValueError(msg)
     settings = settings or bundle_slice_settings()
     scorer = scorer or MapScorer("topk_mean", topk_fraction=0.01, smoothing_sigma=4.0)
     output_dir = Path(output_dir)
     images = training_images(dataset_dir, settings, image_size)
     rows = []
     for weight in weights:
-        label = "random" if weight is None else Path(weight).stem
+        timm_init = weight is None and random_init == "timm"
+        label = ("random_timm" if timm_init else "random") if weight is None else Path(weight).stem
         torch.manual_seed(seed)
-        extractor = FeatureExtractor(backbone, 1, out_indices, weight)
+        extractor = FeatureExtractor(
+            backbone,
+            1,
+            out_indices,
+            weight,
+            recalibrate_batchnorm=not timm_init and weight is None,
+            zero_init_last=timm_init,
+        )
         extractor.fit_statistics(images)  # once per backbone: every detector reads the same standardised features
         for detector in detectors:
             probe = FeatureProbe(extractor, image_size, detector, shrinkage)
@@ -250,6 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shrinkage", type=float, default=0.01)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--random-init",
+        choices=RANDOM_INITS,
+        default="recalibrated",
+        help="random weights as the flows build them (default) or timm's default (anomalib's PaDiM, Skip-TS)",
+    )
     try:
         args = parser.parse_args(argv)
         weights = [None if w.lower() == "none" else w for w in args.weights]
@@ -268,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shrinkage=args.shrinkage,
             device=args.device,
             seed=args.seed,
+            random_init=args.random_init,
         )
     except (UsageError, ValueError) as error:
         print(f"python -m tools.backbone_probe: error: {error}", file=sys.stderr)

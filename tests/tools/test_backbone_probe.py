@@ -117,3 +117,24 @@ def test_main_reports_a_table_and_rejects_a_missing_weights_file(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"python -m tools.backbone_probe: error: {tmp_path / 'missing.pt'}: backbone weights file not found"]
     assert not (tmp_path / "b").exists()
+
+
+def test_timm_random_init_probes_the_zero_initialised_backbone(
+    phantoms_2d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = [str(phantoms_2d), "--output-dir", str(tmp_path / "t"), "--image-size", "64", "--detectors", "norm"]
+    assert main([*arguments, "--random-init", "timm"]) == 0
+    assert "| random_timm | norm |" in capsys.readouterr().out
+    assert (tmp_path / "t" / "random_timm" / "norm" / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="random_init must be one of"):
+        probe_backbone(phantoms_2d, tmp_path / "u", random_init="imagenet")
+
+
+def test_timm_random_init_silences_the_residual_branches() -> None:
+    """What ``--random-init timm`` builds: every block's last BatchNorm scale is zero, statistics untouched."""
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(out_indices=(1, 2), recalibrate_batchnorm=False, zero_init_last=True)
+    extractor.fit_statistics(_images(0))
+    last_norms = [block.bn2 for stage in (extractor.model.layer1, extractor.model.layer2) for block in stage]
+    assert all(torch.equal(norm.weight, torch.zeros_like(norm.weight)) for norm in last_norms)
+    assert torch.equal(extractor.model.bn1.running_var, torch.ones_like(extractor.model.bn1.running_var))
