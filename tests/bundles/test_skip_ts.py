@@ -319,6 +319,15 @@ def test_train_config_holds_the_paper_settings():
             assert other[key] == config[key], f"{name}: {key}"
 
 
+def test_batchnorm_reestimation_runs_before_calibration_and_saving_when_switched_on():
+    """Handlers at the same event run in list order: thresholds and model.pt must see the re-estimated statistics."""
+    config = json.loads((CONFIGS / "train.json").read_text())
+    targets = [h["_target_"].rsplit(".", 1)[-1] for h in config["train"]["handlers"]]
+    position = targets.index("BatchNormStatisticsHandler")
+    assert position < targets.index("CalibrationHandler") < targets.index("CheckpointSaver")
+    assert config["train"]["handlers"][position]["enabled"] == "@reestimate_batchnorm"
+
+
 def test_metadata_verifies_against_the_schema():
     contract.check_metadata_verifies("skip_ts")
 
