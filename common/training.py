@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,40 @@ def predict_maps(
     return maps, foregrounds, np.concatenate(scores) if scores else np.zeros(0)
 
 
-class FeatureStatisticsHandler:
+class _TrainingImagesHandler:
+    """Base of the handlers that run a network over batches of training images: the network, loader and batch limit.
+
+    Args:
+        network: the detector (or a wrapper of it).
+        loader: batches of training slice dictionaries with an ``image`` key (no augmentation needed).
+        device: where to run.
+        max_batches: use at most this many batches (``None``: all).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loader: Iterable[Mapping[str, Any]],
+        device: torch.device | str,
+        max_batches: int | None = None,
+    ) -> None:
+        if max_batches is not None and max_batches < 1:
+            msg = f"max_batches must be >= 1 or None, got {max_batches}"
+            raise ValueError(msg)
+        self.network = network
+        self.loader = loader
+        self.device = device
+        self.max_batches = max_batches
+
+    def _images(self) -> Iterator[torch.Tensor]:
+        """The ``image`` tensors of the first ``max_batches`` batches."""
+        for i, batch in enumerate(self.loader):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            yield batch["image"]
+
+
+class FeatureStatisticsHandler(_TrainingImagesHandler):
     """Fit the frozen backbone's statistics (``network.extractor.fit_statistics``) when training starts.
 
     Args:
@@ -173,10 +206,7 @@ class FeatureStatisticsHandler:
         max_batches: int | None = None,
         refit: bool = False,
     ) -> None:
-        self.network = network
-        self.loader = loader
-        self.device = device
-        self.max_batches = max_batches
+        super().__init__(network, loader, device, max_batches)
         self.refit = refit
 
     def attach(self, engine: Any) -> None:
@@ -192,16 +222,12 @@ class FeatureStatisticsHandler:
         if bool(extractor.fitted) and not self.refit:
             logger.info("feature statistics already fitted; keeping them")
             return
-        images = []
-        for i, batch in enumerate(self.loader):
-            if self.max_batches is not None and i >= self.max_batches:
-                break
-            images.append(batch["image"])
+        images = list(self._images())
         extractor.fit_statistics(images, self.device)
         logger.info("fitted feature statistics on %d training images", sum(len(b) for b in images))
 
 
-class BatchNormStatisticsHandler:
+class BatchNormStatisticsHandler(_TrainingImagesHandler):
     """Re-estimate the trainable BatchNorm running statistics with the final weights when training completes.
 
     The network's ``forward_train`` runs in training mode without gradients over ``loader`` (training images, no
@@ -227,13 +253,7 @@ class BatchNormStatisticsHandler:
         max_batches: int | None = None,
         enabled: bool = True,
     ) -> None:
-        if max_batches is not None and max_batches < 1:
-            msg = f"max_batches must be >= 1 or None, got {max_batches}"
-            raise ValueError(msg)
-        self.network = network
-        self.loader = loader
-        self.device = device
-        self.max_batches = max_batches
+        super().__init__(network, loader, device, max_batches)
         self.enabled = check_bool("enabled", enabled)
 
     def attach(self, engine: Any) -> None:
@@ -260,10 +280,8 @@ class BatchNormStatisticsHandler:
 
     def _run(self, network: nn.Module) -> int:
         n_batches = 0
-        for batch in self.loader:
-            if self.max_batches is not None and n_batches >= self.max_batches:
-                break
-            network.forward_train(batch["image"].to(self.device))
+        for images in self._images():
+            network.forward_train(images.to(self.device))
             n_batches += 1
         return n_batches
 
