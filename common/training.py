@@ -234,7 +234,9 @@ class BatchNormStatisticsHandler(_TrainingImagesHandler):
     augmentation) and every BatchNorm layer in training mode gets the plain average of those batches' statistics
     (:func:`common.batchnorm.reestimate_batch_norm`, "precise BN"); a frozen backbone kept in eval mode is left
     untouched. Attach it BEFORE the calibration handler and the checkpoint saver, so thresholds are computed and
-    saved with the re-estimated statistics.
+    saved with the re-estimated statistics. Measured on Skip-TS (``bundles/skip_ts/docs/README.md``, "BatchNorm
+    statistics and the inverted short runs"): it removes the inverted maps of 2-epoch runs but localises worse from
+    4 epochs on, so that bundle ships it switched off.
 
     Args:
         network: the detector (or its ``DistributedDataParallel`` / :class:`TrainingForward` wrapper), with a
