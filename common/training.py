@@ -122,7 +122,9 @@ def _engine_event(name: str) -> Any:
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if hasattr(network, "module") else network
+    """The detector inside a ``DistributedDataParallel`` and/or :class:`TrainingForward` wrapper."""
+    module = network.module if hasattr(network, "module") else network
+    return module.network if isinstance(module, TrainingForward) else module
 
 
 @torch.inference_mode()
@@ -266,8 +268,6 @@ class BatchNormStatisticsHandler(_TrainingImagesHandler):
     def __call__(self, engine: Any = None) -> None:
         """Re-estimate the statistics."""
         network = _unwrap(self.network)
-        if isinstance(network, TrainingForward):
-            network = network.network
         was_training = network.training
         network.train()
         try:

@@ -230,7 +230,7 @@ def probe_backbone(
             1,
             out_indices,
             weight,
-            recalibrate_batchnorm=not timm_init and weight is None,
+            recalibrate_batchnorm=False if timm_init else None,  # None: the extractor's rule (random weights only)
             zero_init_last=timm_init,
         )
         extractor.fit_statistics(images)  # once per backbone: every detector reads the same standardised features
