@@ -25,6 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from common.parallel import TrainingForward
+
 __all__ = [
     "average_gradients",
     "gather_to_first",
@@ -135,13 +137,11 @@ def gather_to_first(value: Any) -> list[Any] | None:
 def wrap_for_training(network: nn.Module, device: torch.device | str) -> nn.Module:
     """``network`` for a trainer: wrapped in ``DistributedDataParallel`` under ``torchrun``, else unchanged.
 
-    The wrapped module is :class:`common.training.TrainingForward`, so DDP's forward is the training forward pass and
+    The wrapped module is :class:`common.parallel.TrainingForward`, so DDP's forward is the training forward pass and
     gradients are averaged across processes. The process group must be joined (:func:`init_process_group`).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return network
-    from common.training import TrainingForward  # common.training imports nothing from here; keeps this module light
-
     target = torch.device(device)
     ids = [target] if target.type == "cuda" else None
     return DistributedDataParallel(TrainingForward(network.to(target)), device_ids=ids)

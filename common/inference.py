@@ -33,6 +33,7 @@ from torch import nn
 from common.data import IMAGE_SUFFIXES, ImageRecord, file_stem
 from common.distributed import gather_to_first, init_process_group, is_first_process, leave_process_group, shard
 from common.io import atomic_output
+from common.parallel import unwrap_network
 from common.scoring import MapScorer, volume_score
 from common.slice_batches import CrossFileSliceBatcher
 from common.training import load_checkpoint
@@ -69,7 +70,7 @@ empty ``slice_score`` / ``slice_anomalous``; the volume score uses only the scor
 
 def has_extra_outputs(network: nn.Module) -> bool:
     """Whether ``network`` implements the extra-output protocol (a callable ``forward_outputs``)."""
-    model = network.module if hasattr(network, "module") else network
+    model = unwrap_network(network)
     return callable(getattr(model, OUTPUTS_METHOD, None))
 
 
@@ -173,7 +174,7 @@ def network_forward(network: nn.Module, extra_outputs: bool = True) -> tuple[Cal
         ``(forward, uses_outputs)``; a DDP-wrapped network is unwrapped for ``forward_outputs``.
     """
     use_outputs = extra_outputs and has_extra_outputs(network)
-    model = network.module if hasattr(network, "module") else network
+    model = unwrap_network(network)
     return (getattr(model, OUTPUTS_METHOD) if use_outputs else network), use_outputs
 
 
@@ -185,7 +186,7 @@ def split_outputs(raw: Any, network: nn.Module, use_outputs: bool) -> tuple[torc
     """
     if not use_outputs:
         return raw, {}
-    model = network.module if hasattr(network, "module") else network
+    model = unwrap_network(network)
     if not isinstance(raw, dict) or ANOMALY_OUTPUT not in raw:
         names = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         msg = f"{type(model).__name__}.{OUTPUTS_METHOD} must return a dict with {ANOMALY_OUTPUT!r}, got {names}"

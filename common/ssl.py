@@ -54,6 +54,7 @@ from common.backbones import build_backbone
 from common.checks import check_int_at_least, check_non_negative
 from common.data import ImageRecord, discover_dataset, list_image_files, split_training_records
 from common.io import atomic_output
+from common.parallel import unwrap_network
 from common.volumes import SliceSettings, load_slices
 
 __all__ = [
@@ -521,7 +522,7 @@ class BackboneWeightsSaver:
 
     def __call__(self, engine: Any = None) -> None:
         """Write the weight file."""
-        model = self.network.module if hasattr(self.network, "module") else self.network
+        model = unwrap_network(self.network)
         description = {
             "method": "VICReg",
             "backbone": model.backbone_name,

@@ -30,6 +30,7 @@ from torch import nn
 from common.batchnorm import reestimate_batch_norm, training_batch_norms
 from common.checkpoint import check_arguments
 from common.checks import check_bool
+from common.parallel import TrainingForward, unwrap_network, unwrap_parallel
 from common.scoring import MapScorer, calibrate_thresholds
 
 __all__ = [
@@ -50,22 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class TrainingForward(nn.Module):
-    """A module whose ``forward`` is ``network.forward_train``: what ``DistributedDataParallel`` wraps in training.
-
-    DDP synchronises gradients only for what runs through its own ``forward``; calling ``ddp.module.forward_train``
-    would skip that. Wrapping this module instead makes DDP's forward the training forward pass.
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The wrapped network's ``forward_train``."""
-        return self.network.forward_train(*args, **kwargs)
-
-
 class ForwardTrainInferer(Inferer):
     """Inferer for training: returns ``network.forward_train(inputs)`` (a NamedTuple of training outputs).
 
@@ -75,7 +60,7 @@ class ForwardTrainInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         """Run the network's training forward pass."""
-        model = network.module if hasattr(network, "module") else network  # DistributedDataParallel
+        model = unwrap_parallel(network)
         if isinstance(model, TrainingForward):
             return network(inputs, *args, **kwargs)
         if not hasattr(model, "forward_train"):
@@ -119,12 +104,6 @@ def _engine_event(name: str) -> Any:
     from ignite.engine import Events
 
     return getattr(Events, name)
-
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The detector inside a ``DistributedDataParallel`` and/or :class:`TrainingForward` wrapper."""
-    module = network.module if hasattr(network, "module") else network
-    return module.network if isinstance(module, TrainingForward) else module
 
 
 @torch.inference_mode()
@@ -217,9 +196,9 @@ class FeatureStatisticsHandler(_TrainingImagesHandler):
 
     def __call__(self, engine: Any = None) -> None:
         """Fit the statistics unless they are already fitted."""
-        extractor = getattr(_unwrap(self.network), "extractor", None)
+        extractor = getattr(unwrap_network(self.network), "extractor", None)
         if extractor is None:
-            msg = f"{type(_unwrap(self.network)).__name__} has no 'extractor' attribute to fit statistics on"
+            msg = f"{type(unwrap_network(self.network)).__name__} has no 'extractor' attribute to fit statistics on"
             raise AttributeError(msg)
         if bool(extractor.fitted) and not self.refit:
             logger.info("feature statistics already fitted; keeping them")
@@ -267,7 +246,7 @@ class BatchNormStatisticsHandler(_TrainingImagesHandler):
 
     def __call__(self, engine: Any = None) -> None:
         """Re-estimate the statistics."""
-        network = _unwrap(self.network)
+        network = unwrap_network(self.network)
         was_training = network.training
         network.train()
         try:
@@ -337,7 +316,7 @@ class CalibrationHandler:
 
     def __call__(self, engine: Any = None) -> None:
         """Compute and store the thresholds."""
-        network = _unwrap(self.network)
+        network = unwrap_network(self.network)
         maps, foregrounds, image_scores = predict_maps(network, self.loader, self.device, self.scorer)
         pixels = [m[f] for m, f in zip(maps, foregrounds, strict=True)]
         pixel_threshold, image_threshold = calibrate_thresholds(
@@ -450,8 +429,8 @@ def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True) -
             than the checkpoint's.
     """
     state = read_state_dict(path)
-    check_arguments(_unwrap(network), path)
-    _unwrap(network).load_state_dict(state, strict=strict)
+    check_arguments(unwrap_network(network), path)
+    unwrap_network(network).load_state_dict(state, strict=strict)
     return network
 
 

@@ -18,6 +18,8 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from common.parallel import unwrap_network
+
 from .network import TranslationOutput
 
 __all__ = [
@@ -96,7 +98,7 @@ class TranslationInferer(Inferer):
 
     def __call__(self, inputs: PairedBatch, network: nn.Module, *args: Any, **kwargs: Any) -> TranslationStep:
         """Generator outputs for both halves of a :class:`PairedBatch`."""
-        model = network.module if hasattr(network, "module") else network
+        model = unwrap_network(network)
         n_a = len(inputs.set_a)
         out = model.forward_train(torch.cat([inputs.set_a, inputs.set_b]), *args, **kwargs)
         first = TranslationOutput(*(t[:n_a] for t in out))

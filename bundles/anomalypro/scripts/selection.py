@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from common.parallel import unwrap_network
 from common.scoring import MapScorer
 from common.training import predict_maps
 
@@ -126,7 +127,7 @@ class PseudoAUCHandler:
 
     def evaluate(self) -> float:
         """The pseudo-AUC of the current generator."""
-        network = self.network.module if hasattr(self.network, "module") else self.network
+        network = unwrap_network(self.network)
         _, _, scores_a = predict_maps(network, self.set_a_loader, self.device, self.scorer)
         _, _, scores_b = predict_maps(network, self.set_b_loader, self.device, self.scorer)
         return pseudo_auc(scores_a, scores_b)
@@ -141,7 +142,7 @@ class PseudoAUCHandler:
         engine.state.metrics[METRIC_NAME] = value
         if value > self.best_value:
             self.best_value, self.best_epoch = value, epoch
-            network = self.network.module if hasattr(self.network, "module") else self.network
+            network = unwrap_network(self.network)
             self.best_state = {
                 k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
                 for k, v in network.state_dict().items()
@@ -150,7 +151,7 @@ class PseudoAUCHandler:
 
     def restore_best(self, engine: Any = None) -> None:
         """Load the best generator back (when ``select_best``) and record the selection in the calibration."""
-        network = self.network.module if hasattr(self.network, "module") else self.network
+        network = unwrap_network(self.network)
         chosen = self.best_epoch if self.select_best else (self.history[-1][0] if self.history else None)
         if self.select_best and self.best_state is not None:
             network.load_state_dict(self.best_state)
