@@ -9,8 +9,9 @@ handlers do the rest of the bundle contract:
 * :class:`CalibrationHandler` computes thresholds on held-out normal images when training completes, before the
   final checkpoint is written, so ``model.pt`` carries them.
 
-:class:`BatchNormStatisticsHandler` (optional, attached before calibration) re-estimates the trainable BatchNorm
-statistics with the final weights when training completes.
+:class:`ForegroundStatisticsHandler` fits statistics that count only the foreground (a network's
+``fit_foreground_statistics``) before the first iteration. :class:`BatchNormStatisticsHandler` (optional, attached
+before calibration) re-estimates the trainable BatchNorm statistics with the final weights when training completes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "BatchNormStatisticsHandler",
     "CalibrationHandler",
     "FeatureStatisticsHandler",
+    "ForegroundStatisticsHandler",
     "ForwardTrainInferer",
     "PrepareImageAndForeground",
     "TrainingForward",
@@ -167,6 +169,15 @@ class _TrainingImagesHandler:
                 break
             yield batch["image"]
 
+    def _images_and_foregrounds(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(image, foreground)`` of the first ``max_batches`` batches (an all-ones foreground when absent)."""
+        for i, batch in enumerate(self.loader):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            image = torch.as_tensor(batch["image"])
+            foreground = batch.get("foreground")
+            yield image, torch.ones_like(image[:, :1]) if foreground is None else torch.as_tensor(foreground)
+
 
 class FeatureStatisticsHandler(_TrainingImagesHandler):
     """Fit the frozen backbone's statistics (``network.extractor.fit_statistics``) when training starts.
@@ -206,6 +217,33 @@ class FeatureStatisticsHandler(_TrainingImagesHandler):
         images = list(self._images())
         extractor.fit_statistics(images, self.device)
         logger.info("fitted feature statistics on %d training images", sum(len(b) for b in images))
+
+
+class ForegroundStatisticsHandler(_TrainingImagesHandler):
+    """Fit statistics that need the foreground (``network.fit_foreground_statistics``) when training starts.
+
+    For statistics of frozen parts that count only the anatomy, e.g. Skip-TS's median teacher feature norm inside
+    the brain. The network's method receives ``(image, foreground)`` batches and the device.
+
+    Args:
+        network: a detector with a ``fit_foreground_statistics(batches, device)`` method (or a wrapper of it).
+        loader: batches of training slice dictionaries with ``image`` and ``foreground`` keys (no augmentation).
+        device: where to run.
+        max_batches: use at most this many batches.
+    """
+
+    def attach(self, engine: Any) -> None:
+        """Run at ``Events.STARTED`` of ``engine``."""
+        engine.add_event_handler(_engine_event("STARTED"), self)
+
+    def __call__(self, engine: Any = None) -> None:
+        """Fit the network's foreground statistics."""
+        network = unwrap_network(self.network)
+        fit = getattr(network, "fit_foreground_statistics", None)
+        if fit is None:
+            msg = f"{type(network).__name__} has no 'fit_foreground_statistics' method"
+            raise AttributeError(msg)
+        fit(list(self._images_and_foregrounds()), self.device)
 
 
 class BatchNormStatisticsHandler(_TrainingImagesHandler):

@@ -10,6 +10,7 @@ from common.scoring import Calibration, MapScorer
 from common.training import (
     BatchNormStatisticsHandler,
     CalibrationHandler,
+    ForegroundStatisticsHandler,
     PrepareImageAndForeground,
     TrainingForward,
     learning_rate_schedule,
@@ -177,3 +178,40 @@ def test_batchnorm_handler_rejects_a_non_bool_switch_and_bad_max_batches() -> No
         BatchNormStatisticsHandler(_NormedDetector(), [], "cpu", enabled="false")
     with pytest.raises(ValueError, match="max_batches"):
         BatchNormStatisticsHandler(_NormedDetector(), [], "cpu", max_batches=0)
+
+
+class _ForegroundRecorder(torch.nn.Module):
+    """Records what ``fit_foreground_statistics`` receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.device = None
+
+    def fit_foreground_statistics(self, batches, device) -> None:
+        self.received = list(batches)
+        self.device = device
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "training-wrapper"])
+def test_foreground_statistics_handler_passes_images_with_their_foregrounds(wrapped: bool) -> None:
+    network = _ForegroundRecorder()
+    foreground = torch.zeros(2, 1, 4, 4)
+    foreground[:, :, 1:3, 1:3] = 1.0
+    batches = [
+        {"image": torch.rand(2, 1, 4, 4), "foreground": foreground},
+        {"image": torch.rand(1, 1, 4, 4)},  # no foreground key: all ones
+        {"image": torch.rand(2, 1, 4, 4), "foreground": foreground},
+    ]
+    handler = ForegroundStatisticsHandler(TrainingForward(network) if wrapped else network, batches, "cpu", 2)
+    handler()
+    assert network.device == "cpu"
+    assert len(network.received) == 2  # max_batches
+    assert torch.equal(network.received[0][0], batches[0]["image"])
+    assert torch.equal(network.received[0][1], foreground)
+    assert torch.equal(network.received[1][1], torch.ones(1, 1, 4, 4))
+
+
+def test_foreground_statistics_handler_needs_the_network_method() -> None:
+    with pytest.raises(AttributeError, match="fit_foreground_statistics"):
+        ForegroundStatisticsHandler(torch.nn.Linear(2, 2), [{"image": torch.rand(1, 2)}], "cpu")()

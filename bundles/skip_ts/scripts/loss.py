@@ -42,6 +42,7 @@ __all__ = [
     "cosine_distance_map",
     "flattened_cosine_distance",
     "multiscale_anomaly_consistency",
+    "teacher_strength_weights",
 ]
 
 SIMILARITIES = ("cosine", "cosine_flat", "mse")
@@ -73,6 +74,27 @@ def cosine_distance_map(teacher: torch.Tensor, student: torch.Tensor, eps: float
     """
     _check_same_shape(teacher, student)
     return 1.0 - F.cosine_similarity(teacher, student, dim=1, eps=eps).unsqueeze(1)
+
+
+def teacher_strength_weights(teacher: torch.Tensor, reference: torch.Tensor | float) -> torch.Tensor:
+    """Per-position weights ``min(1, ||F_t|| / tau)`` that discount the map where the teacher's features are weak.
+
+    ``1 - cos`` compares directions, and the direction of a short feature vector is mostly noise: where the frozen
+    teacher responds weakly, the student cannot match it and eq. 1 is high on normal tissue. Positions whose teacher
+    norm is at least the reference ``tau`` (the median over the training foreground, fitted by
+    :meth:`SkipTS.fit_foreground_statistics`) keep eq. 1 unchanged; weaker ones are scaled down in proportion.
+    A departure from the paper (eq. 1 has no weight); see the bundle's ``docs/README.md``.
+
+    Args:
+        teacher: teacher features ``(B, C, H, W)``.
+        reference: ``tau``, a scalar; an unfitted ``0`` gives weight 1 wherever the teacher is not exactly zero.
+
+    Returns:
+        ``(B, 1, H, W)`` weights in ``[0, 1]``.
+    """
+    norm = teacher.norm(dim=1, keepdim=True)
+    reference = torch.as_tensor(reference, dtype=norm.dtype, device=norm.device).clamp_min(1e-12)
+    return (norm / reference).clamp(max=1.0)
 
 
 def flattened_cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

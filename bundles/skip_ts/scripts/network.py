@@ -12,13 +12,15 @@ Detection via Reverse Distillation from One-Class Embedding", CVPR 2022, https:/
   connections D_j takes ``F_t^{j+1} + F_s^{j+1}`` (without: ``F_s^{j+1}``, the "w/o SC" ablation).
 * Anomaly map (Sec. III-E, eqs. 1, 7): ``M_ano = sum_l Upsample(M_l)`` with ``M_l = 1 - cos(F_t^l, F_s^l)``; the
   Gaussian smoothing (sigma = 4) and the image score ``max(M_ano)`` (eq. 8) are applied by
-  :class:`common.scoring.MapScorer`.
+  :class:`common.scoring.MapScorer`. With ``map_weighting="teacher_norm"`` (the default, a departure) each ``M_l`` is
+  multiplied by ``min(1, ||F_t^l|| / tau_l)`` (:func:`scripts.loss.teacher_strength_weights`), ``tau_l`` the median
+  teacher norm over the training foreground.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,12 +33,13 @@ from common.checkpoint import records_arguments
 from common.checks import check_bool, check_image_size
 from common.scoring import Calibration
 
-from .loss import cosine_distance_map
+from .loss import cosine_distance_map, teacher_strength_weights
 
 __all__ = [
     "DECODER_SPECS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAP_WEIGHTINGS",
     "RANDOM_TEACHERS",
     "SkipTS",
     "SkipTSTrainOutput",
@@ -46,6 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RANDOM_TEACHERS = ("recalibrated", "timm")
+MAP_WEIGHTINGS = ("none", "teacher_norm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -217,11 +221,14 @@ class SkipTS(nn.Module):
             branches active, BatchNorm statistics re-estimated on training images, as :mod:`common.backbones` does
             for MS-NF) or ``"timm"`` (timm's default: zero-initialised last BatchNorm of each residual block,
             untouched BatchNorm statistics, the random-init teacher of anomalib's reverse distillation).
+        map_weighting: ``"teacher_norm"`` discounts each level's map where the teacher's features are weaker than
+            their median over the training foreground (fitted by :meth:`fit_foreground_statistics`); ``"none"`` is
+            the paper's eq. 1.
         from_checkpoint: the weights (teacher included) will be loaded from a trained ``model.pt``; silences the
             random-teacher warning (inference and evaluation configs).
 
     Raises:
-        ValueError: for an unknown teacher, a bad ``image_size`` or ``map_levels``.
+        ValueError: for an unknown teacher or ``map_weighting``, a bad ``image_size`` or ``map_levels``.
         TypeError: when a switch (``skip_connections``, ``standardize_features``, ``normalize_input``,
             ``from_checkpoint``) is not a ``bool``, e.g. the string ``"false"`` from a lower-case command-line
             override.
@@ -243,6 +250,7 @@ class SkipTS(nn.Module):
         standardize_features: bool = False,
         normalize_input: bool = True,
         random_teacher: str = "timm",
+        map_weighting: str = "teacher_norm",
         from_checkpoint: bool = False,
     ) -> None:
         super().__init__()
@@ -264,6 +272,9 @@ class SkipTS(nn.Module):
             raise ValueError(msg)
         if random_teacher not in RANDOM_TEACHERS:
             msg = f"random_teacher must be one of {RANDOM_TEACHERS}, got {random_teacher!r}"
+            raise ValueError(msg)
+        if map_weighting not in MAP_WEIGHTINGS:
+            msg = f"map_weighting must be one of {MAP_WEIGHTINGS}, got {map_weighting!r}"
             raise ValueError(msg)
         if in_channels not in (1, 3):
             msg = f"in_channels must be 1 (grayscale) or 3, got {in_channels}"
@@ -291,6 +302,9 @@ class SkipTS(nn.Module):
         block, n_blocks, width_factor = DECODER_SPECS[teacher]
         self.student = StudentDecoder(self.extractor.channels, block, n_blocks, width_factor, skip_connections)
         self.calibration = Calibration()
+        self.map_weighting = map_weighting
+        # tau_l per level, held whatever the weighting (a checkpoint evaluates either way); 0 until fitted
+        self.register_buffer("teacher_norm_reference", torch.zeros(3))
 
     @property
     def teacher(self) -> nn.Module:
@@ -311,9 +325,60 @@ class SkipTS(nn.Module):
         return SkipTSTrainOutput(teacher[:3], self.student(teacher))
 
     def level_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-level maps ``M_1, M_2, M_3`` (eq. 1), each ``(B, 1, h_l, w_l)``."""
+        """Per-level maps ``M_1, M_2, M_3`` (eq. 1, weighted by the teacher's strength when configured)."""
         out = self.forward_train(x)
-        return [cosine_distance_map(t, s) for t, s in zip(out.teacher, out.student, strict=True)]
+        maps = [cosine_distance_map(t, s) for t, s in zip(out.teacher, out.student, strict=True)]
+        if self.map_weighting == "teacher_norm":
+            maps = [
+                m * teacher_strength_weights(t, self.teacher_norm_reference[level])
+                for level, (m, t) in enumerate(zip(maps, out.teacher, strict=True))
+            ]
+        return maps
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # checkpoints written before map_weighting existed have no reference: they load as unfitted (weights 1)
+        key = prefix + "teacher_norm_reference"
+        if key not in state_dict:
+            if self.map_weighting == "teacher_norm":
+                logger.warning("checkpoint has no teacher norm reference; the maps are not weighted (as 'none')")
+            state_dict[key] = torch.zeros_like(self.teacher_norm_reference)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fit_foreground_statistics(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str | None = None
+    ) -> None:
+        """Fit ``tau_l``, the median teacher feature norm over the foreground of training slices (per level).
+
+        Does nothing with ``map_weighting="none"``. The teacher is frozen, so this runs once, before training
+        (:class:`common.training.ForegroundStatisticsHandler`). A feature position counts as foreground when at
+        least half of its cell is; a level with no such position uses all positions.
+
+        Args:
+            batches: ``(image, foreground)`` batches ``(B, C, H, W)`` / ``(B, 1, H, W)`` of normal training slices.
+            device: where to run; defaults to the teacher's device.
+
+        Raises:
+            ValueError: when ``batches`` is empty.
+        """
+        if self.map_weighting != "teacher_norm":
+            return
+        device = device or self.teacher_norm_reference.device
+        norms: list[list[torch.Tensor]] = [[], [], []]
+        for image, foreground in batches:
+            image, foreground = image.to(device).float(), foreground.to(device).float()
+            if self.image_size is not None and tuple(image.shape[-2:]) != self.image_size:
+                image = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False)
+            for level, feature in enumerate(self.extractor(image)[:3]):
+                inside = F.interpolate(foreground, size=feature.shape[-2:], mode="area") >= 0.5
+                norm = feature.norm(dim=1, keepdim=True)
+                norms[level].append(norm[inside] if bool(inside.any()) else norm.flatten())
+        if not norms[0]:
+            msg = "fit_foreground_statistics needs at least one batch of training slices, got none"
+            raise ValueError(msg)
+        reference = torch.stack([torch.cat(level).double().median().float() for level in norms])
+        self.teacher_norm_reference.copy_(reference.to(self.teacher_norm_reference.device))
+        logger.info("teacher norm reference (median over the training foreground): %s", reference.tolist())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly map ``M_ano`` ``(B, 1, H, W)`` for images ``(B, C, H, W)`` (eq. 7, before smoothing)."""
