@@ -15,7 +15,9 @@ before descriptions existed has none: the config's values are used, as before.
 
 A network class opts in with :func:`records_arguments`, which keeps the arguments it was built with in
 ``constructor_arguments``; arguments that do not shape the trained model (pretrained-weight files, which ``model.pt``
-replaces, and training-only settings) are named as ``runtime`` and are neither stored nor checked.
+replaces, and training-only settings) are named as ``runtime`` and are neither stored nor checked. Arguments that
+only change how a trained network is read out (e.g. which maps are summed) are named as ``readout``: they are stored,
+so the checkpoint's value is the default, and a different value given at inference is used (and logged), not refused.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _plain(value: Any, name: str) -> Any:
         raise TypeError(msg) from None
 
 
-def records_arguments(runtime: Sequence[str] = ()) -> Callable[[ModuleType], ModuleType]:
+def records_arguments(runtime: Sequence[str] = (), readout: Sequence[str] = ()) -> Callable[[ModuleType], ModuleType]:
     """Class decorator: instances keep their constructor arguments in ``constructor_arguments`` (JSON data).
 
     Every argument of ``__init__`` is recorded after defaults are applied, except those named in ``runtime``.
@@ -71,6 +73,8 @@ def records_arguments(runtime: Sequence[str] = ()) -> Callable[[ModuleType], Mod
     Args:
         runtime: arguments that do not shape the trained model (e.g. ``backbone_weights``: ``model.pt`` holds the
             weights; ``seed``; training-only noise).
+        readout: recorded arguments that only change how the trained model is read out (which maps, how they are
+            weighted); :func:`check_arguments` accepts a value other than the stored one for them.
 
     Example:
         >>> @records_arguments(runtime=("seed",))
@@ -81,14 +85,20 @@ def records_arguments(runtime: Sequence[str] = ()) -> Callable[[ModuleType], Mod
         {'width': 4}
     """
     skipped = frozenset(runtime)
+    readable = frozenset(readout)
 
     def decorate(cls: ModuleType) -> ModuleType:
         init = cls.__init__
         signature = inspect.signature(init)
-        unknown = skipped - set(signature.parameters)
-        if unknown:
-            msg = f"{cls.__name__}: runtime names {sorted(unknown)} are not arguments of __init__"
+        for kind, names in (("runtime", skipped), ("readout", readable)):
+            unknown = names - set(signature.parameters)
+            if unknown:
+                msg = f"{cls.__name__}: {kind} names {sorted(unknown)} are not arguments of __init__"
+                raise TypeError(msg)
+        if skipped & readable:
+            msg = f"{cls.__name__}: {sorted(skipped & readable)} cannot be both runtime and readout arguments"
             raise TypeError(msg)
+        cls.readout_arguments = readable
 
         @functools.wraps(init)
         def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
@@ -199,8 +209,11 @@ def check_arguments(network: nn.Module, path: str | Path) -> None:
     description = read_description(path)
     if not description:
         return
+    readout = getattr(module, "readout_arguments", frozenset())
     for key, stored in description.get("arguments", {}).items():
-        if key in given and given[key] != stored:
+        if key in given and given[key] != stored and key in readout:
+            logger.info("%s: read out with %s=%s (trained with %s)", path, key, json.dumps(given[key]), stored)
+        elif key in given and given[key] != stored:
             msg = (
                 f"{path}: {key}={json.dumps(given[key])} was given but the model was trained with "
                 f"{key}={json.dumps(stored)}; drop the override (the checkpoint's value is the default)"

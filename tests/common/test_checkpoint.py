@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,33 @@ def test_check_arguments_conflict_is_one_line_naming_the_key_and_both_values(tmp
     assert "size=[6, 4] was given but the model was trained with size=[4, 4]" in message
     with pytest.raises(ValueError, match="width=3 was given .* trained with width=2"):  # a ValueError for the CLIs
         check_arguments(Wrapper(Tiny(size=(4, 4), width=3)), path)
+
+
+@records_arguments(runtime=("seed",), readout=("levels",))
+class ReadOut(nn.Module):
+    """``width`` shapes the parameters; ``levels`` only selects what the trained network outputs."""
+
+    def __init__(self, width: int = 4, levels: tuple[int, ...] = (1, 2), seed: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 1)
+
+
+def test_readout_arguments_are_stored_and_may_differ_at_inference(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "model.pt"
+    description = _save_described(ReadOut(width=2, levels=(1, 2)), path)
+    assert description["arguments"] == {"width": 2, "levels": [1, 2]}
+    with caplog.at_level(logging.INFO, logger="common.checkpoint"):
+        check_arguments(ReadOut(width=2, levels=(2,)), path)
+    assert "levels=[2] (trained with [1, 2])" in caplog.text
+    with pytest.raises(ArchitectureMismatchError, match="width=3"):
+        check_arguments(ReadOut(width=3, levels=(2,)), path)
+
+
+def test_records_arguments_rejects_bad_readout_names() -> None:
+    with pytest.raises(TypeError, match="readout names \\['depth'\\]"):
+        records_arguments(readout=("depth",))(Tiny)
+    with pytest.raises(TypeError, match="both runtime and readout"):
+        records_arguments(runtime=("seed",), readout=("seed",))(Tiny)
 
 
 def test_check_arguments_does_nothing_without_a_description(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ class StudentDecoder(nn.Module):
         return student
 
 
-@records_arguments(runtime=("teacher_weights", "from_checkpoint"))
+@records_arguments(runtime=("teacher_weights", "from_checkpoint"), readout=("map_levels", "map_weighting"))
 class SkipTS(nn.Module):
     """Skip-TS teacher-student anomaly detector (Liu et al., IEEE TIM 2024).
 
