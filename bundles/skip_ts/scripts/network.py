@@ -350,9 +350,9 @@ class SkipTS(nn.Module):
     ) -> None:
         """Fit ``tau_l``, the median teacher feature norm over the foreground of training slices (per level).
 
-        Does nothing with ``map_weighting="none"``. The teacher is frozen, so this runs once, before training
-        (:class:`common.training.ForegroundStatisticsHandler`). A feature position counts as foreground when at
-        least half of its cell is; a level with no such position uses all positions.
+        Fitted whatever ``map_weighting`` is, so a checkpoint can be read out either way. The teacher is frozen, so
+        this runs once, before training (:class:`common.training.ForegroundStatisticsHandler`). A feature position
+        counts as foreground when at least half of its cell is; a level with no such position uses all positions.
 
         Args:
             batches: ``(image, foreground)`` batches ``(B, C, H, W)`` / ``(B, 1, H, W)`` of normal training slices.
@@ -361,8 +361,6 @@ class SkipTS(nn.Module):
         Raises:
             ValueError: when ``batches`` is empty.
         """
-        if self.map_weighting != "teacher_norm":
-            return
         device = device or self.teacher_norm_reference.device
         norms: list[list[torch.Tensor]] = [[], [], []]
         for image, foreground in batches:
