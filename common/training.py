@@ -162,18 +162,21 @@ class _TrainingImagesHandler:
         self.device = device
         self.max_batches = max_batches
 
-    def _images(self) -> Iterator[torch.Tensor]:
-        """The ``image`` tensors of the first ``max_batches`` batches."""
+    def _batches(self) -> Iterator[Mapping[str, Any]]:
+        """The first ``max_batches`` batches of the loader."""
         for i, batch in enumerate(self.loader):
             if self.max_batches is not None and i >= self.max_batches:
                 break
+            yield batch
+
+    def _images(self) -> Iterator[torch.Tensor]:
+        """The ``image`` tensors of the first ``max_batches`` batches."""
+        for batch in self._batches():
             yield batch["image"]
 
     def _images_and_foregrounds(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(image, foreground)`` of the first ``max_batches`` batches (an all-ones foreground when absent)."""
-        for i, batch in enumerate(self.loader):
-            if self.max_batches is not None and i >= self.max_batches:
-                break
+        for batch in self._batches():
             image = torch.as_tensor(batch["image"])
             foreground = batch.get("foreground")
             yield image, torch.ones_like(image[:, :1]) if foreground is None else torch.as_tensor(foreground)
