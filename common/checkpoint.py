@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from common.parallel import unwrap_network
+
 __all__ = [
     "DESCRIPTION_KEY",
     "ArchitectureMismatchError",
@@ -133,7 +135,8 @@ class NetworkDescription:
     """The description of a network for ``CheckpointSaver``'s ``save_dict`` (module docstring).
 
     Args:
-        network: a module built by a class decorated with :func:`records_arguments` (DDP wrappers are unwrapped).
+        network: a module built by a class decorated with :func:`records_arguments` (data-parallel and
+            :class:`common.parallel.TrainingForward` wrappers are unwrapped).
         bundle_root: the bundle folder (its name is the bundle's id); its ``configs/metadata.json`` gives the
             bundle's name and version.
 
@@ -142,7 +145,7 @@ class NetworkDescription:
     """
 
     def __init__(self, network: nn.Module, bundle_root: str | Path | None = None) -> None:
-        module = getattr(network, "module", network)
+        module = unwrap_network(network)
         arguments = getattr(module, "constructor_arguments", None)
         if arguments is None:
             msg = f"{type(module).__name__} does not record its constructor arguments (common.checkpoint)"
@@ -202,7 +205,7 @@ def check_arguments(network: nn.Module, path: str | Path) -> None:
     Raises:
         ArchitectureMismatchError: one line naming the first differing key, the value given and the stored one.
     """
-    module = getattr(network, "module", network)
+    module = unwrap_network(network)
     given = getattr(module, "constructor_arguments", None)
     if given is None or not Path(path).is_file():
         return
