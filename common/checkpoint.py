@@ -214,9 +214,11 @@ def check_arguments(network: nn.Module, path: str | Path) -> None:
         return
     readout = getattr(module, "readout_arguments", frozenset())
     for key, stored in description.get("arguments", {}).items():
-        if key in given and given[key] != stored and key in readout:
+        if key not in given or given[key] == stored:
+            continue
+        if key in readout:
             logger.info("%s: read out with %s=%s (trained with %s)", path, key, json.dumps(given[key]), stored)
-        elif key in given and given[key] != stored:
+        else:
             msg = (
                 f"{path}: {key}={json.dumps(given[key])} was given but the model was trained with "
                 f"{key}={json.dumps(stored)}; drop the override (the checkpoint's value is the default)"

@@ -176,10 +176,9 @@ class _TrainingImagesHandler:
 
     def _images_and_foregrounds(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(image, foreground)`` of the first ``max_batches`` batches (an all-ones foreground when absent)."""
+        prepare = PrepareImageAndForeground()
         for batch in self._batches():
-            image = torch.as_tensor(batch["image"])
-            foreground = batch.get("foreground")
-            yield image, torch.ones_like(image[:, :1]) if foreground is None else torch.as_tensor(foreground)
+            yield prepare(batch)
 
 
 class FeatureStatisticsHandler(_TrainingImagesHandler):
