@@ -107,6 +107,13 @@ def test_foreground_statistics_are_the_median_teacher_norm_inside_the_foreground
         assert expected < feature.norm(dim=1).max()  # a real reference: some positions are above it
 
 
+def test_foreground_statistics_need_a_batch(scripts):
+    net = scripts.network.SkipTS(image_size=(64, 64))
+    with pytest.raises(ValueError, match="needs at least one batch of training slices"):
+        net.fit_foreground_statistics([])
+    assert not net.teacher_norm_reference.any()
+
+
 def test_teacher_norm_weighting_scales_each_level_map_and_none_is_eq_1(scripts):
     torch.manual_seed(0)
     weighted = scripts.network.SkipTS(image_size=(64, 64)).eval()
