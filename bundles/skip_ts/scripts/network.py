@@ -317,11 +317,15 @@ class SkipTS(nn.Module):
         self.extractor.train(False)
         return self
 
-    def forward_train(self, x: torch.Tensor) -> SkipTSTrainOutput:
-        """Teacher features ``F_t^1..F_t^3`` and student features ``F_s^1..F_s^3`` for the loss (eq. 5)."""
+    def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen teacher's features of ``x`` (resized to ``image_size`` first), detached."""
         if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        teacher = [f.detach() for f in self.extractor(x)]
+        return [f.detach() for f in self.extractor(x)]
+
+    def forward_train(self, x: torch.Tensor) -> SkipTSTrainOutput:
+        """Teacher features ``F_t^1..F_t^3`` and student features ``F_s^1..F_s^3`` for the loss (eq. 5)."""
+        teacher = self.teacher_features(x)
         return SkipTSTrainOutput(teacher[:3], self.student(teacher))
 
     def level_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -352,7 +356,8 @@ class SkipTS(nn.Module):
 
         Fitted whatever ``map_weighting`` is, so a checkpoint can be read out either way. The teacher is frozen, so
         this runs once, before training (:class:`common.training.ForegroundStatisticsHandler`). A feature position
-        counts as foreground when at least half of its cell is; a level with no such position uses all positions.
+        counts as foreground when at least half of its cell is; a batch with no such position at a level
+        contributes all its positions there.
 
         Args:
             batches: ``(image, foreground)`` batches ``(B, C, H, W)`` / ``(B, 1, H, W)`` of normal training slices.
@@ -365,9 +370,7 @@ class SkipTS(nn.Module):
         norms: list[list[torch.Tensor]] = [[], [], []]
         for image, foreground in batches:
             image, foreground = image.to(device).float(), foreground.to(device).float()
-            if self.image_size is not None and tuple(image.shape[-2:]) != self.image_size:
-                image = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False)
-            for level, feature in enumerate(self.extractor(image)[:3]):
+            for level, feature in enumerate(self.teacher_features(image)[:3]):
                 inside = F.interpolate(foreground, size=feature.shape[-2:], mode="area") >= 0.5
                 norm = feature.norm(dim=1, keepdim=True)
                 norms[level].append(norm[inside] if bool(inside.any()) else norm.flatten())
