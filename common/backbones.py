@@ -6,7 +6,11 @@ stage, and reports their channels and strides the way timm's ``feature_info`` do
 Random initialisation needs care (the MS-NF paper trains its flows on a ResNet18 with no pretrained weights):
 
 * timm zero-initialises the last BatchNorm of every residual block (``zero_init_last``), which silences the
-  residual branches of an untrained network. We build random-init backbones with ``zero_init_last=False``.
+  residual branches of an untrained network: each stage is then its first block's strided shortcut (a random
+  linear filter bank and a ReLU), so the features are local (a receptive field of about 11 pixels at stride 4).
+  :func:`random_init_options` names the two initialisations the detectors offer: ``"timm"`` (that one, as
+  anomalib's random backbones are built) and ``"recalibrated"`` (``zero_init_last=False``, residual branches
+  active, statistics re-estimated as below).
 * With untrained BatchNorm running statistics (mean 0, variance 1) activations drift in scale from layer to layer
   and a sizeable fraction of channels are constant zero after ReLU. Constant channels let a normalizing flow reach
   arbitrarily high likelihood. :meth:`FeatureExtractor.fit_statistics` therefore re-estimates the BatchNorm running
@@ -26,7 +30,37 @@ from torch import nn
 
 from common.batchnorm import reestimate_batch_norm, training_batch_norms
 
-__all__ = ["FeatureExtractor", "build_backbone", "load_local_weights"]
+__all__ = ["RANDOM_INITS", "FeatureExtractor", "build_backbone", "load_local_weights", "random_init_options"]
+
+RANDOM_INITS = ("recalibrated", "timm")
+"""How a backbone without a weight file is initialised (:func:`random_init_options`)."""
+
+
+def random_init_options(
+    random_init: str, weights: str | Path | None = None, key: str = "random_init"
+) -> dict[str, bool]:
+    """The :class:`FeatureExtractor` arguments of a random initialisation.
+
+    Args:
+        random_init: ``"recalibrated"`` (residual branches active, BatchNorm running statistics re-estimated on the
+            training images in :meth:`FeatureExtractor.fit_statistics`) or ``"timm"`` (timm's default: the last
+            BatchNorm of every residual block zero, running statistics untouched; local features, see the module
+            docstring).
+        weights: the backbone's weight file; with one, ``random_init`` is irrelevant (checked all the same).
+        key: the setting's name in the error message (a bundle's config key).
+
+    Returns:
+        ``recalibrate_batchnorm`` and ``zero_init_last`` for :class:`FeatureExtractor`.
+
+    Raises:
+        ValueError: for a value outside :data:`RANDOM_INITS`.
+    """
+    if random_init not in RANDOM_INITS:
+        msg = f"{key} must be one of {RANDOM_INITS}, got {random_init!r}"
+        raise ValueError(msg)
+    timm_init = weights is None and random_init == "timm"
+    return {"recalibrate_batchnorm": weights is None and not timm_init, "zero_init_last": timm_init}
+
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.backbones import FeatureExtractor
+from common.backbones import RANDOM_INITS, FeatureExtractor, random_init_options
 from common.checks import check_image_size
 from common.data import discover_dataset, eval_transforms
 from common.evaluation import AnomalyEvaluation, write_json_atomic
@@ -53,7 +53,6 @@ from tools.bundles import bundle_slice_settings
 __all__ = ["DETECTORS", "FeatureProbe", "main", "probe_backbone"]
 
 DETECTORS = ("norm", "gaussian", "positional")
-RANDOM_INITS = ("recalibrated", "timm")
 
 #: keys of a bundle's ``metrics.json`` reported by the probe
 REPORTED = ("image_auroc", "pixel_auroc", "pixel_auroc_foreground", "aupro", "aupro_foreground")
@@ -213,9 +212,7 @@ def probe_backbone(
     Returns:
         one row per (weights, detector): the weights, the detector and the metrics of :data:`REPORTED`.
     """
-    if random_init not in RANDOM_INITS:
-        msg = f"random_init must be one of {RANDOM_INITS}, got {random_init!r}"
-        raise ValueError(msg)
+    random_init_options(random_init)  # a clear error before any work
     settings = settings or bundle_slice_settings()
     scorer = scorer or MapScorer("topk_mean", topk_fraction=0.01, smoothing_sigma=4.0)
     output_dir = Path(output_dir)
@@ -225,14 +222,7 @@ def probe_backbone(
         timm_init = weight is None and random_init == "timm"
         label = ("random_timm" if timm_init else "random") if weight is None else Path(weight).stem
         torch.manual_seed(seed)
-        extractor = FeatureExtractor(
-            backbone,
-            1,
-            out_indices,
-            weight,
-            recalibrate_batchnorm=False if timm_init else None,  # None: the extractor's rule (random weights only)
-            zero_init_last=timm_init,
-        )
+        extractor = FeatureExtractor(backbone, 1, out_indices, weight, **random_init_options(random_init, weight))
         extractor.fit_statistics(images)  # once per backbone: every detector reads the same standardised features
         for detector in detectors:
             probe = FeatureProbe(extractor, image_size, detector, shrinkage)

@@ -18,6 +18,17 @@ training slice)::
     out/test/lesion/             lesioned twins of out/test/good (written files)
     out/ground_truth/lesion/     their lesion masks, ``<stem>_mask.png``
 
+With ``--hyperintensity-masks`` the held-out subjects' real abnormal slices keep their place in ``test/lesion`` and get
+approximate masks, so pixel metrics can be computed on real lesions (:func:`write_hyperintensity_masks`): the
+pixels of the slice's computed foreground brighter than the held-out normal slices' brain median by
+``K`` robust standard deviations (1.4826 x the median absolute deviation), cleaned by a morphological opening,
+components of at least :data:`MIN_MASK_PIXELS` pixels, a closing and hole filling. On FLAIR this outlines the
+hyperintense tumour and oedema; lesions that are not brighter than normal tissue are missed, and slices whose mask
+ends up empty are dropped from ``test/lesion``. The masks are a development instrument, not a reference
+segmentation::
+
+    out/ground_truth/lesion/     approximate masks of out/test/lesion, ``<stem>_mask.png``
+
 A subject is the file name up to the last ``_z<number>`` (``brats_2013_pat0006_1_z031.png`` → ``brats_2013_pat0006_1``).
 
 Usage::
@@ -25,6 +36,8 @@ Usage::
     python -m tools.holdout_subjects ../shared/data/brats2015_slices runs/dev_split --holdout brats_2013_pat0006_1
     python -m tools.holdout_subjects ../shared/data/brats2015_slices runs/dev_twins --holdout brats_2013_pat0006_1 \
         --lesion-twins 7
+    python -m tools.holdout_subjects ../shared/data/brats2015_slices runs/dev_real6 --holdout brats_2013_pat0006_1 \
+        --hyperintensity-masks 2.5
 """
 
 from __future__ import annotations
@@ -37,18 +50,24 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from common.data import file_stem
 from common.foreground import compute_foreground
 from common.io import atomic_output
 from tools.anatomy_lesions import implant_lesions
 
-__all__ = ["main", "subject_of", "write_holdout_split", "write_lesion_twin_slices"]
+__all__ = ["main", "subject_of", "write_holdout_split", "write_hyperintensity_masks", "write_lesion_twin_slices"]
 
 TWIN_RADIUS_PIXELS = (6.0, 15.0)
 """Base lesion radius range in pixels (about millimetres on 1 mm slices such as BraTS'), as for the 3D twins."""
 TWIN_LESIONS = (1, 2)
 """Inclusive range of lesions per twin slice."""
+
+MIN_MASK_PIXELS = 50
+"""Smallest connected component kept in a hyperintensity mask, and smallest mask that keeps its slice."""
+MAD_TO_STD = 1.4826
+"""Median absolute deviation to standard deviation for normally distributed intensities."""
 
 _SLICE_SUFFIX = re.compile(r"_z\d+$")
 
@@ -64,7 +83,11 @@ def _files(folder: Path) -> list[Path]:
 
 
 def write_holdout_split(
-    dataset_dir: str | Path, out_dir: str | Path, holdout: Sequence[str], lesion_twins_seed: int | None = None
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    holdout: Sequence[str],
+    lesion_twins_seed: int | None = None,
+    hyperintensity_factor: float | None = None,
 ) -> dict[str, int]:
     """Write the development split (module docstring) and return how many files each folder got.
 
@@ -74,11 +97,16 @@ def write_holdout_split(
         holdout: subjects whose slices form the test folders.
         lesion_twins_seed: ``None`` for the abnormal slices of ``train/mixed`` as ``test/lesion``; a seed for
             lesioned twins of the held-out normal slices instead (:func:`write_lesion_twin_slices`).
+        hyperintensity_factor: with the abnormal slices of ``train/mixed``, write approximate masks with this
+            factor (:func:`write_hyperintensity_masks`); ``None``: no masks (image-level evaluation only).
 
     Raises:
-        ValueError: when a folder is missing, ``out_dir`` exists, or a held-out subject has no normal or no
-            abnormal slices.
+        ValueError: when a folder is missing, ``out_dir`` exists, a held-out subject has no normal or no
+            abnormal slices, or both lesion twins and hyperintensity masks are asked for.
     """
+    if lesion_twins_seed is not None and hyperintensity_factor is not None:
+        msg = "lesion twins bring their own masks: give either lesion twins or hyperintensity masks, not both"
+        raise ValueError(msg)
     root, out = Path(dataset_dir), Path(out_dir)
     good_dir, mixed_dir = root / "train" / "good", root / "train" / "mixed"
     for folder in (good_dir, mixed_dir):
@@ -110,7 +138,62 @@ def write_holdout_split(
     counts = {folder: len(files) for folder, files in plan.items()}
     if lesion_twins_seed is not None:
         counts["test/lesion"] = write_lesion_twin_slices(out, lesion_twins_seed)
+    if hyperintensity_factor is not None:
+        counts["test/lesion"] = write_hyperintensity_masks(out, hyperintensity_factor)
     return counts
+
+
+def _grayscale_slice(path: Path) -> np.ndarray:
+    image = np.asarray(Image.open(path))
+    if image.ndim != 2 or image.dtype != np.uint8:
+        msg = f"{path}: expected a 2D 8-bit grayscale slice, got shape {image.shape} and dtype {image.dtype}"
+        raise ValueError(msg)
+    return image
+
+
+def write_hyperintensity_masks(split_dir: str | Path, factor: float = 2.5) -> int:
+    """Write approximate masks of the hyperintense lesions in ``split_dir/test/lesion``; returns the slices kept.
+
+    The threshold is the brain median of the normal slices in ``test/good`` (the same subjects) plus ``factor``
+    robust standard deviations; a slice's mask is its computed foreground above the threshold after a two-pixel
+    opening, components of at least :data:`MIN_MASK_PIXELS` pixels, a three-pixel closing and hole filling (see the
+    module docstring for what it misses). Slices with a smaller mask are dropped from ``test/lesion`` (a link, so
+    the input file is untouched).
+
+    Args:
+        split_dir: a split written by :func:`write_holdout_split` with real abnormal slices.
+        factor: robust standard deviations above the normal brain median.
+
+    Raises:
+        ValueError: when a slice is not a 2D 8-bit image or ``test/good`` has no foreground pixels.
+    """
+    root = Path(split_dir)
+    normal = [
+        image[compute_foreground(image.astype(np.float32) / 255.0)]
+        for image in map(_grayscale_slice, _files(root / "test" / "good"))
+    ]
+    values = np.concatenate(normal) if normal else np.empty(0)
+    if values.size == 0:
+        msg = f"{root / 'test' / 'good'}: no foreground pixels to measure normal brain intensity on"
+        raise ValueError(msg)
+    median = float(np.median(values))
+    threshold = median + factor * MAD_TO_STD * float(np.median(np.abs(values - median)))
+    kept = 0
+    for source in _files(root / "test" / "lesion"):
+        image = _grayscale_slice(source)
+        foreground = compute_foreground(image.astype(np.float32) / 255.0)
+        mask = ndimage.binary_opening((image > threshold) & foreground, iterations=2)
+        labels, count = ndimage.label(mask)
+        sizes = ndimage.sum(mask, labels, range(1, count + 1))
+        mask = np.isin(labels, 1 + np.flatnonzero(np.asarray(sizes) >= MIN_MASK_PIXELS))
+        mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=3)) & foreground
+        if mask.sum() < MIN_MASK_PIXELS:
+            source.unlink()
+            continue
+        with atomic_output(root / "ground_truth" / "lesion" / f"{file_stem(source)}_mask.png") as tmp:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        kept += 1
+    return kept
 
 
 def write_lesion_twin_slices(split_dir: str | Path, seed: int) -> int:
@@ -134,10 +217,7 @@ def write_lesion_twin_slices(split_dir: str | Path, seed: int) -> int:
     rng = np.random.default_rng(seed)
     sources = _files(root / "test" / "good")
     for source in sources:
-        image = np.asarray(Image.open(source))
-        if image.ndim != 2 or image.dtype != np.uint8:
-            msg = f"{source}: expected a 2D 8-bit grayscale slice, got shape {image.shape} and dtype {image.dtype}"
-            raise ValueError(msg)
+        image = _grayscale_slice(source)
         foreground = compute_foreground(image.astype(np.float32) / 255.0)
         if not foreground.any():
             msg = f"{source}: empty foreground, nowhere to place a lesion"
@@ -164,9 +244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SEED",
         help="test on lesioned twins of the held-out normal slices (with masks) instead of train/mixed's slices",
     )
+    parser.add_argument(
+        "--hyperintensity-masks",
+        type=float,
+        metavar="K",
+        help="approximate masks of train/mixed's abnormal slices: brighter than the normal brain median by K robust "
+        "standard deviations (e.g. 2.5); slices left without a mask are dropped",
+    )
     args = parser.parse_args(argv)
     try:
-        counts = write_holdout_split(args.dataset_dir, args.out_dir, args.holdout, args.lesion_twins)
+        counts = write_holdout_split(
+            args.dataset_dir, args.out_dir, args.holdout, args.lesion_twins, args.hyperintensity_masks
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

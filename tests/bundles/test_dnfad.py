@@ -251,11 +251,15 @@ BAD_CONFIGS = [
     ({"feature_noise": -1.0}, "feature_noise"),
     # a 2D sine-cosine encoding needs a multiple of 4 channels
     ({"positional_channels": 6}, "positional_channels"),
+    # unknown random initialisation
+    ({"random_backbone": "kaiming"}, "random_backbone"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "word"), BAD_CONFIGS, ids=["branch-name", "no-branch", "image-size", "noise", "positional"]
+    ("kwargs", "word"),
+    BAD_CONFIGS,
+    ids=["branch-name", "no-branch", "image-size", "noise", "positional", "random-backbone"],
 )
 def test_bad_configuration_raises_value_error(scripts, kwargs, word):
     with pytest.raises(ValueError, match=word):

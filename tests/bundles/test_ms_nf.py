@@ -99,10 +99,14 @@ BAD_CONFIGS = [
     ({"backbone": "not_a_model"}, "not_a_model"),
     # unknown map score
     ({"map_score": "logp"}, "map_score"),
+    # unknown random initialisation
+    ({"random_backbone": "kaiming"}, "random_backbone"),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "word"), BAD_CONFIGS, ids=["fusion", "image-size", "backbone", "map-score"])
+@pytest.mark.parametrize(
+    ("kwargs", "word"), BAD_CONFIGS, ids=["fusion", "image-size", "backbone", "map-score", "random-backbone"]
+)
 def test_bad_configuration_raises_value_error(network_module, kwargs, word):
     with pytest.raises(ValueError, match=word):
         network_module.MSNF(n_blocks=1, hidden_channels=8, **kwargs)

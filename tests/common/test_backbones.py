@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.backbones import FeatureExtractor, build_backbone, load_local_weights
+from common.backbones import FeatureExtractor, build_backbone, load_local_weights, random_init_options
 
 SHAPE_CASES = [
     # grayscale, square 64x64, three stages
@@ -247,3 +247,45 @@ BAD_INPUT_OPTIONS = [
 def test_bad_input_options_raise(kwargs: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         FeatureExtractor("resnet18", **{"in_channels": 1, **kwargs})
+
+
+RANDOM_INIT_CASES = [
+    # residual branches active, BatchNorm statistics re-estimated on the training images
+    ("recalibrated", None, {"recalibrate_batchnorm": True, "zero_init_last": False}),
+    # timm's default: residual branches silenced, statistics untouched
+    ("timm", None, {"recalibrate_batchnorm": False, "zero_init_last": True}),
+    # a weight file decides the weights whatever the initialisation
+    ("timm", "weights.pt", {"recalibrate_batchnorm": False, "zero_init_last": False}),
+    ("recalibrated", "weights.pt", {"recalibrate_batchnorm": False, "zero_init_last": False}),
+]
+
+
+@pytest.mark.parametrize(
+    ("random_init", "weights", "expected"), RANDOM_INIT_CASES, ids=["recalibrated", "timm", "file-timm", "file-recal"]
+)
+def test_random_init_options(random_init: str, weights: str | None, expected: dict) -> None:
+    assert random_init_options(random_init, weights) == expected
+
+
+def test_random_init_options_name_the_key_of_a_bad_value() -> None:
+    with pytest.raises(ValueError, match="random_backbone must be one of"):
+        random_init_options("kaiming", key="random_backbone")
+
+
+def test_timm_initialisation_gives_local_features() -> None:
+    # with silenced residual branches stage 1 is the stem alone: a 7x7 stride-2 convolution, ReLU and a 3x3 stride-2
+    # max-pool, so a change far from a position leaves its feature unchanged (recalibrated features do change)
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(out_indices=(1,), **random_init_options("timm"))
+    torch.manual_seed(0)
+    recalibrated = FeatureExtractor(out_indices=(1,), **random_init_options("recalibrated"))
+    images = torch.rand(4, 1, 64, 64)
+    extractor.fit_statistics([images])
+    recalibrated.fit_statistics([images])
+    changed = images.clone()
+    changed[:, :, 24:, 24:] = 0.0
+    for net, local in ((extractor, True), (recalibrated, False)):
+        before, after = net(images)[0], net(changed)[0]
+        # stem: stage-1 positions 0..3 see input pixels up to 4 * 3 + 5 = 17 < 24; layer1's four 3x3 convolutions
+        # at stride 4 widen that by 16 pixels when the residual branches are active
+        assert torch.equal(before[..., :4, :4], after[..., :4, :4]) is local

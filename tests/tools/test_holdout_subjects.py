@@ -95,3 +95,39 @@ def test_lesion_twins_reject_a_colour_slice(png_dataset, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png_dataset / "train" / "good" / "b_1_z010.png")
     with pytest.raises(ValueError, match=r"b_1_z010.png: expected a 2D 8-bit grayscale slice"):
         write_holdout_split(png_dataset, tmp_path / "twins", ["b_1"], lesion_twins_seed=0)
+
+
+def _lesioned_slice(path: Path, seed: int, centre: tuple[int, int] | None) -> np.ndarray:
+    """A brain slice (see :func:`_brain_slice`) with a bright disc of radius 9 at ``centre``; returns the disc."""
+    _brain_slice(path, seed)
+    image = np.asarray(Image.open(path)).copy()
+    x, y = np.mgrid[:96, :96]
+    disc = np.zeros_like(image, dtype=bool) if centre is None else (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < 81
+    image[disc] = 200
+    Image.fromarray(image).save(path)
+    return disc
+
+
+def test_hyperintensity_masks_outline_the_bright_lesions_and_drop_slices_without_one(png_dataset, tmp_path):
+    mixed = png_dataset / "train" / "mixed"
+    discs = {
+        "b_1_z020.png": _lesioned_slice(mixed / "b_1_z020.png", 7, (40, 50)),
+        "b_1_z021.png": _lesioned_slice(mixed / "b_1_z021.png", 8, (60, 40)),
+    }
+    _lesioned_slice(mixed / "b_1_z022.png", 9, None)  # abnormal by its folder, but nothing brighter than normal
+    source_bytes = {name: (mixed / name).read_bytes() for name in [*discs, "b_1_z022.png"]}
+    out = tmp_path / "real"
+    assert main([str(png_dataset), str(out), "--holdout", "b_1", "--hyperintensity-masks", "2.5"]) == 0
+    assert sorted(p.name for p in (out / "test" / "lesion").iterdir()) == sorted(discs)
+    for name, disc in discs.items():
+        mask = np.asarray(Image.open(out / "ground_truth" / "lesion" / name.replace(".png", "_mask.png"))) > 0
+        dice = 2 * (mask & disc).sum() / (mask.sum() + disc.sum())
+        assert dice > 0.9, (name, dice)
+    assert not (out / "ground_truth" / "lesion" / "b_1_z022_mask.png").exists()
+    for name, content in source_bytes.items():  # inputs untouched (the dropped slice was a link)
+        assert (mixed / name).read_bytes() == content
+
+
+def test_hyperintensity_masks_and_lesion_twins_exclude_each_other(png_dataset, tmp_path):
+    with pytest.raises(ValueError, match="either lesion twins or hyperintensity masks"):
+        write_holdout_split(png_dataset, tmp_path / "both", ["b_1"], lesion_twins_seed=0, hyperintensity_factor=2.5)

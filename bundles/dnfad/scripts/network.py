@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.backbones import FeatureExtractor
+from common.backbones import FeatureExtractor, random_init_options
 from common.checkpoint import records_arguments
 from common.checks import check_bool, check_image_size, check_int_at_least, check_non_negative
 from common.flows import (
@@ -57,7 +57,7 @@ class DNFADTrainOutput(NamedTuple):
     pixel_flow: LocalFlowOutput | None
 
 
-@records_arguments(runtime=("backbone_weights", "feature_noise", "seed"))
+@records_arguments(runtime=("backbone_weights", "random_backbone", "feature_noise", "seed"))
 class DNFAD(nn.Module):
     """Dual-branch normalizing flow anomaly detector.
 
@@ -70,6 +70,10 @@ class DNFAD(nn.Module):
         image_size: network input size ``(X, Y)``.
         backbone: timm backbone name (``"resnet18"``, ``"wide_resnet50_2"``, a DINO ViT, ...).
         backbone_weights: local weight file, or ``None`` for random initialisation.
+        random_backbone: how the backbone is initialised without ``backbone_weights``: ``"recalibrated"`` (residual
+            branches active, BatchNorm statistics re-estimated on the training images) or ``"timm"`` (timm's default,
+            residual branches silenced: local features); :func:`common.backbones.random_init_options`. Training
+            only: ``model.pt`` holds the backbone either way.
         out_indices: the two backbone levels whose features are fused (ResNet: stages 2 and 3).
         n_blocks: dynamic flow modules per branch (paper: 6).
         hidden_channels: hidden width of the map-flow subnets; ``None`` uses their input channels.
@@ -107,6 +111,7 @@ class DNFAD(nn.Module):
         image_size: Sequence[int] = (256, 256),
         backbone: str = "resnet18",
         backbone_weights: str | Path | None = None,
+        random_backbone: str = "recalibrated",
         out_indices: Sequence[int] = (2, 3),
         n_blocks: int = 6,
         hidden_channels: int | None = None,
@@ -147,7 +152,13 @@ class DNFAD(nn.Module):
         self.image_size = check_image_size(image_size)
         self.branches = branches
         self.feature_noise = feature_noise
-        self.extractor = FeatureExtractor(backbone, in_channels, out_indices, backbone_weights)
+        self.extractor = FeatureExtractor(
+            backbone,
+            in_channels,
+            out_indices,
+            backbone_weights,
+            **random_init_options(random_backbone, backbone_weights, key="random_backbone"),
+        )
         channels = sum(self.extractor.channels)
         self.map_flow: nn.Module | None = None
         self.pixel_flow: nn.Module | None = None

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.backbones import FeatureExtractor
+from common.backbones import FeatureExtractor, random_init_options
 from common.checkpoint import records_arguments
 from common.checks import check_image_size, check_non_negative
 from common.flows import (
@@ -48,7 +48,7 @@ class MSNFTrainOutput(NamedTuple):
     flows: list[LocalFlowOutput]
 
 
-@records_arguments(runtime=("backbone_weights", "feature_noise", "seed"))
+@records_arguments(runtime=("backbone_weights", "random_backbone", "feature_noise", "seed"))
 class MSNF(nn.Module):
     r"""Multi-scale normalizing flow anomaly detector.
 
@@ -60,6 +60,10 @@ class MSNF(nn.Module):
         image_size: network input size ``(X, Y)`` (paper: 256 x 256).
         backbone: timm backbone name (paper: ``"resnet18"``).
         backbone_weights: local weight file, or ``None`` for random initialisation (the paper's choice).
+        random_backbone: how the backbone is initialised without ``backbone_weights``: ``"recalibrated"`` (residual
+            branches active, BatchNorm statistics re-estimated on the training images) or ``"timm"`` (timm's default,
+            residual branches silenced: local features); :func:`common.backbones.random_init_options`. Training
+            only: ``model.pt`` holds the backbone either way.
         out_indices: backbone stages, one flow each (paper: stages 1-3, 64/128/256 channels).
         n_blocks: coupling blocks per flow (paper: 15).
         hidden_channels: subnet hidden width (paper: 128).
@@ -90,6 +94,7 @@ class MSNF(nn.Module):
         image_size: Sequence[int] = (256, 256),
         backbone: str = "resnet18",
         backbone_weights: str | Path | None = None,
+        random_backbone: str = "recalibrated",
         out_indices: Sequence[int] = (1, 2, 3),
         n_blocks: int = 15,
         hidden_channels: int = 128,
@@ -113,7 +118,13 @@ class MSNF(nn.Module):
         self.image_size = check_image_size(image_size)
         self.fusion = fusion
         self.feature_noise = feature_noise
-        self.extractor = FeatureExtractor(backbone, in_channels, out_indices, backbone_weights)
+        self.extractor = FeatureExtractor(
+            backbone,
+            in_channels,
+            out_indices,
+            backbone_weights,
+            **random_init_options(random_backbone, backbone_weights, key="random_backbone"),
+        )
         subnet = (
             cbam_subnet_constructor(hidden_channels, reduction)
             if attention

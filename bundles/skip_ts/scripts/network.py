@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.backbones import FeatureExtractor
+from common.backbones import RANDOM_INITS, FeatureExtractor, random_init_options
 from common.checkpoint import records_arguments
 from common.checks import check_bool, check_image_size
 from common.scoring import Calibration
@@ -48,7 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RANDOM_TEACHERS = ("recalibrated", "timm")
+RANDOM_TEACHERS = RANDOM_INITS
 MAP_WEIGHTINGS = ("none", "teacher_norm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -270,9 +270,6 @@ class SkipTS(nn.Module):
         if not levels or not set(levels) <= {1, 2, 3}:
             msg = f"map_levels must be a non-empty subset of [1, 2, 3], got {list(map_levels)}"
             raise ValueError(msg)
-        if random_teacher not in RANDOM_TEACHERS:
-            msg = f"random_teacher must be one of {RANDOM_TEACHERS}, got {random_teacher!r}"
-            raise ValueError(msg)
         if map_weighting not in MAP_WEIGHTINGS:
             msg = f"map_weighting must be one of {MAP_WEIGHTINGS}, got {map_weighting!r}"
             raise ValueError(msg)
@@ -296,8 +293,7 @@ class SkipTS(nn.Module):
             backbone_in_channels=3,
             input_mean=IMAGENET_MEAN if normalize_input else None,
             input_std=IMAGENET_STD if normalize_input else None,
-            recalibrate_batchnorm=teacher_weights is None and random_teacher == "recalibrated",
-            zero_init_last=random_teacher == "timm",
+            **random_init_options(random_teacher, teacher_weights, key="random_teacher"),
         )
         block, n_blocks, width_factor = DECODER_SPECS[teacher]
         self.student = StudentDecoder(self.extractor.channels, block, n_blocks, width_factor, skip_connections)
