@@ -360,3 +360,12 @@ def test_brats_slices_pixel_auroc_floor(tmp_path):
     print("brats metrics:", json.dumps(metrics))
     assert metrics["pixel_auroc"] >= BRATS_PIXEL_AUROC_FLOOR, metrics
     assert metrics["pixel_auroc_foreground"] >= BRATS_FOREGROUND_PIXEL_AUROC_FLOOR, metrics
+
+
+@pytest.mark.parametrize(("random_backbone", "silenced"), [("recalibrated", False), ("timm", True)])
+def test_random_backbone_chooses_the_initialisation(scripts, random_backbone, silenced):
+    torch.manual_seed(0)
+    net = scripts.network.DNFAD(**TINY_KWARGS, random_backbone=random_backbone)
+    last_norms = [block.bn2.weight for block in net.extractor.model.layer1]
+    assert all(bool((w == 0).all()) is silenced for w in last_norms)
+    assert net.extractor.recalibrate_batchnorm is not silenced
