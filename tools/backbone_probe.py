@@ -219,8 +219,7 @@ def probe_backbone(
     images = training_images(dataset_dir, settings, image_size)
     rows = []
     for weight in weights:
-        timm_init = weight is None and random_init == "timm"
-        label = ("random_timm" if timm_init else "random") if weight is None else Path(weight).stem
+        label = Path(weight).stem if weight is not None else ("random_timm" if random_init == "timm" else "random")
         torch.manual_seed(seed)
         extractor = FeatureExtractor(backbone, 1, out_indices, weight, **random_init_options(random_init, weight))
         extractor.fit_statistics(images)  # once per backbone: every detector reads the same standardised features

@@ -143,12 +143,13 @@ def write_holdout_split(
     return counts
 
 
-def _grayscale_slice(path: Path) -> np.ndarray:
+def _slice_with_foreground(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An 8-bit grayscale slice and its computed foreground (the bundles' rule without a ``brain_mask/``)."""
     image = np.asarray(Image.open(path))
     if image.ndim != 2 or image.dtype != np.uint8:
         msg = f"{path}: expected a 2D 8-bit grayscale slice, got shape {image.shape} and dtype {image.dtype}"
         raise ValueError(msg)
-    return image
+    return image, compute_foreground(image.astype(np.float32) / 255.0)
 
 
 def write_hyperintensity_masks(split_dir: str | Path, factor: float = 2.5) -> int:
@@ -168,10 +169,7 @@ def write_hyperintensity_masks(split_dir: str | Path, factor: float = 2.5) -> in
         ValueError: when a slice is not a 2D 8-bit image or ``test/good`` has no foreground pixels.
     """
     root = Path(split_dir)
-    normal = [
-        image[compute_foreground(image.astype(np.float32) / 255.0)]
-        for image in map(_grayscale_slice, _files(root / "test" / "good"))
-    ]
+    normal = [image[foreground] for image, foreground in map(_slice_with_foreground, _files(root / "test" / "good"))]
     values = np.concatenate(normal) if normal else np.empty(0)
     if values.size == 0:
         msg = f"{root / 'test' / 'good'}: no foreground pixels to measure normal brain intensity on"
@@ -180,8 +178,7 @@ def write_hyperintensity_masks(split_dir: str | Path, factor: float = 2.5) -> in
     threshold = median + factor * MAD_TO_STD * float(np.median(np.abs(values - median)))
     kept = 0
     for source in _files(root / "test" / "lesion"):
-        image = _grayscale_slice(source)
-        foreground = compute_foreground(image.astype(np.float32) / 255.0)
+        image, foreground = _slice_with_foreground(source)
         mask = ndimage.binary_opening((image > threshold) & foreground, iterations=2)
         labels, count = ndimage.label(mask)
         sizes = ndimage.sum(mask, labels, range(1, count + 1))
@@ -217,8 +214,7 @@ def write_lesion_twin_slices(split_dir: str | Path, seed: int) -> int:
     rng = np.random.default_rng(seed)
     sources = _files(root / "test" / "good")
     for source in sources:
-        image = _grayscale_slice(source)
-        foreground = compute_foreground(image.astype(np.float32) / 255.0)
+        image, foreground = _slice_with_foreground(source)
         if not foreground.any():
             msg = f"{source}: empty foreground, nowhere to place a lesion"
             raise ValueError(msg)

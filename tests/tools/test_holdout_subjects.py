@@ -131,3 +131,10 @@ def test_hyperintensity_masks_outline_the_bright_lesions_and_drop_slices_without
 def test_hyperintensity_masks_and_lesion_twins_exclude_each_other(png_dataset, tmp_path):
     with pytest.raises(ValueError, match="either lesion twins or hyperintensity masks"):
         write_holdout_split(png_dataset, tmp_path / "both", ["b_1"], lesion_twins_seed=0, hyperintensity_factor=2.5)
+
+
+def test_hyperintensity_masks_reject_a_colour_slice_naming_it(png_dataset, tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png_dataset / "train" / "mixed" / "b_1_z020.png")
+    assert main([str(png_dataset), str(tmp_path / "real"), "--holdout", "b_1", "--hyperintensity-masks", "2.5"]) == 2
+    error = capsys.readouterr().err
+    assert "b_1_z020.png: expected a 2D 8-bit grayscale slice" in error and len(error.strip().splitlines()) == 1
