@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["OneLineArgumentParser", "UsageError"]
+__all__ = ["OneLineArgumentParser", "UsageError", "parse_overrides"]
 
 
 class UsageError(Exception):
@@ -20,3 +23,35 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         """Raise :class:`UsageError` with argparse's message."""
         raise UsageError(message)
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` config overrides; values are JSON (``8``, ``[128, 128]``, ``true``) or else plain strings.
+
+    Keys use MONAI's ``#`` separator for nested ids (``network_def#clamp=1.5``).
+
+    Args:
+        items: the ``--override`` arguments.
+
+    Returns:
+        ``{key: value}`` in the order given (a repeated key keeps its last value).
+
+    Raises:
+        ValueError: for an item without ``=`` or with an empty key.
+
+    Example:
+        >>> parse_overrides(["n_blocks=4", "image_size=[128, 128]", "backbone=resnet18"])
+        {'n_blocks': 4, 'image_size': [128, 128], 'backbone': 'resnet18'}
+    """
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            msg = f"--override: expected key=value with a JSON value (e.g. n_blocks=4), got {item!r}"
+            raise ValueError(msg)
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    return overrides

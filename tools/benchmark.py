@@ -90,7 +90,7 @@ from common.io import atomic_output
 from common.scoring import volume_score
 from common.training import load_checkpoint
 from common.volumes import load_record, select_slices, write_map
-from tools.arguments import OneLineArgumentParser, UsageError
+from tools.arguments import OneLineArgumentParser, UsageError, parse_overrides
 from tools.bundles import bundle_dir
 from tools.phantoms import make_volume, volume_affine
 
@@ -102,7 +102,6 @@ __all__ = [
     "environment_info",
     "format_table",
     "main",
-    "parse_overrides",
     "run_benchmark",
 ]
 
@@ -155,38 +154,6 @@ _PHANTOM_MIN_SHAPE = (32, 32, 8)  # smallest volume tools.phantoms.make_volume r
 
 # --------------------------------------------------------------------------------------------------------------------
 # Arguments
-
-
-def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` config overrides; values are JSON (``8``, ``[128, 128]``, ``true``) or else plain strings.
-
-    Keys use MONAI's ``#`` separator for nested ids (``network_def#clamp=1.5``).
-
-    Args:
-        items: the ``--override`` arguments.
-
-    Returns:
-        ``{key: value}`` in the order given (a repeated key keeps its last value).
-
-    Raises:
-        ValueError: for an item without ``=`` or with an empty key.
-
-    Example:
-        >>> parse_overrides(["n_blocks=4", "image_size=[128, 128]", "backbone=resnet18"])
-        {'n_blocks': 4, 'image_size': [128, 128], 'backbone': 'resnet18'}
-    """
-    overrides: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, text = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key:
-            msg = f"--override: expected key=value with a JSON value (e.g. n_blocks=4), got {item!r}"
-            raise ValueError(msg)
-        try:
-            overrides[key] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key] = text
-    return overrides
 
 
 def _positive_ints(name: str, values: int | Sequence[int], length: int) -> tuple[int, ...]:

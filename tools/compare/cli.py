@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.io import atomic_output
-from tools.arguments import OneLineArgumentParser, UsageError
-from tools.benchmark import parse_overrides
+from tools.arguments import OneLineArgumentParser, UsageError, parse_overrides
 from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, markdown_table
 from tools.compare.runner import compare
 from tools.compare.settings import CompareSettings
