@@ -1,6 +1,6 @@
 """Dataset discovery, image loading and MONAI transform chains.
 
-The dataset layout (``DESIGN.md``)::
+The dataset layout (``docs/design.md``)::
 
     <dataset_dir>/
       train/good/              normal training images
@@ -116,7 +116,7 @@ class ImageRecord:
 
 @dataclass
 class DatasetIndex:
-    """The files of a dataset in the DESIGN.md layout."""
+    """The files of a dataset in the docs/design.md layout."""
 
     root: Path
     train_good: list[ImageRecord] = field(default_factory=list)
@@ -145,7 +145,7 @@ def _foreground_for(root: Path, defect: str, image: Path) -> Path | None:
 
 
 def discover_dataset(dataset_dir: str | Path, require_test: bool = False) -> DatasetIndex:
-    """Index a dataset laid out as in DESIGN.md.
+    """Index a dataset laid out as in docs/design.md.
 
     Args:
         dataset_dir: the dataset root.
@@ -304,7 +304,7 @@ class IntensitySettings:
 def normalize_intensity(
     image: torch.Tensor, settings: IntensitySettings, is_volume: bool, inside: np.ndarray | None = None
 ) -> torch.Tensor:
-    """Scale one image or one whole volume to [0, 1] (per-volume normalisation, DESIGN.md).
+    """Scale one image or one whole volume to [0, 1] (per-volume normalisation, docs/design.md).
 
     Args:
         image: the image or volume, any shape.

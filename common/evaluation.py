@@ -40,7 +40,7 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
 
 
 class AnomalyEvaluation(VolumeRunner):
-    """Evaluate a detector on ``<dataset_dir>/test`` against ``ground_truth`` (DESIGN.md layout).
+    """Evaluate a detector on ``<dataset_dir>/test`` against ``ground_truth`` (docs/design.md layout).
 
     Args:
         fpr_limit: AUPRO integration limit.

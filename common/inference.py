@@ -131,7 +131,7 @@ def find_brain_mask(path: str | Path, root: str | Path) -> Path | None:
 
     From the input's folder up to two levels above ``root``, each folder ``A`` is searched for
     ``A/brain_mask/<path below A>`` and, when the path below ``A`` starts with ``train`` or ``test``, for
-    ``A/brain_mask/<class>/<name>`` (the layout of DESIGN.md). So inference over ``<dataset>``, ``<dataset>/test``,
+    ``A/brain_mask/<class>/<name>`` (the layout of docs/design.md). So inference over ``<dataset>``, ``<dataset>/test``,
     ``<dataset>/test/<class>`` or a plain folder with a ``brain_mask/`` beside the scans finds the masks that
     training would use, and those masks take precedence over brain extraction.
 
@@ -459,7 +459,7 @@ class VolumeRunner:
                 continue
             selected = select_slices(loaded, self.slice_settings) or list(range(loaded.n_slices))
             not_scored = np.setdiff1d(np.arange(loaded.n_slices), selected)
-            if not_scored.size:  # slices with too little brain: map 0, no score (DESIGN.md)
+            if not_scored.size:  # slices with too little brain: map 0, no score (docs/design.md)
                 index: list[Any] = [slice(None)] * maps.ndim
                 index[loaded.axis] = not_scored
                 maps[tuple(index)] = 0.0

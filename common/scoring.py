@@ -1,6 +1,6 @@
 """From anomaly maps to image, slice and volume scores, and thresholds calibrated on normal data only.
 
-DESIGN.md: a slice score is computed from its map (max, top-k mean or mean, as each paper does) inside the
+docs/design.md: a slice score is computed from its map (max, top-k mean or mean, as each paper does) inside the
 foreground; a volume score is the max over its slices unless a bundle says otherwise. Thresholds come from a
 held-out part of ``train/good``: the pixel threshold is a high quantile of normal-pixel scores, the image threshold
 the quantile of normal image scores giving the target false-positive rate.
@@ -102,7 +102,7 @@ class MapScorer:
 
 
 def volume_score(slice_scores: Sequence[float] | np.ndarray, method: str = "max") -> float:
-    """Aggregate slice scores into a volume score (DESIGN.md: max unless the bundle says otherwise)."""
+    """Aggregate slice scores into a volume score (docs/design.md: max unless the bundle says otherwise)."""
     if method not in VOLUME_METHODS:
         msg = f"volume score method must be one of {VOLUME_METHODS}, got {method!r}"
         raise ValueError(msg)
@@ -119,7 +119,7 @@ def pixel_threshold(
 
     Rules:
 
-    - ``"pixel_quantile"``: the ``value`` quantile of every normal foreground pixel score (DESIGN.md: a high
+    - ``"pixel_quantile"``: the ``value`` quantile of every normal foreground pixel score (docs/design.md: a high
       quantile of normal-pixel scores).
     - ``"slice_max"``: the ``1 - value`` quantile of each normal slice's largest foreground pixel score, so that a
       fraction ``value`` of normal slices get a non-empty mask (the per-slice form of the same quantile: the

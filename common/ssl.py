@@ -415,7 +415,7 @@ def pretraining_records(
     file under ``test/`` is ever opened (the dataset index lists names only, and only ``train/good`` is kept).
 
     Args:
-        dataset_dir: a dataset in the DESIGN.md layout.
+        dataset_dir: a dataset in the docs/design.md layout.
         extra_dirs: further folders of healthy images or volumes (the image files directly inside each), e.g. the
             ``train/good`` of another dataset; never a folder under ``dataset_dir/test``.
         calibration_fraction: fraction of ``train/good`` files left out, as the bundles hold them out (0 keeps all).

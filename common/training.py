@@ -310,7 +310,7 @@ class BatchNormStatisticsHandler(_TrainingImagesHandler):
 class CalibrationHandler:
     """Calibrate pixel and image thresholds on held-out normal images when training completes.
 
-    Thresholds (DESIGN.md): pixel threshold = ``pixel_quantile`` of normal foreground pixel scores, or with
+    Thresholds (docs/design.md): pixel threshold = ``pixel_quantile`` of normal foreground pixel scores, or with
     ``pixel_rule="slice_max"`` the ``1 - pixel_slice_fpr`` quantile of the normal slices' largest foreground pixel
     scores (:func:`common.scoring.pixel_threshold`); image threshold = the ``1 - image_fpr`` quantile of normal image
     scores. They are stored in ``network.calibration`` with the

@@ -4,8 +4,9 @@ The README's test command runs two workers (``-n 2 --dist loadfile``): each test
 its module-scoped fixtures (trained checkpoints) are built once. Each worker, and every process it starts (bundle
 runs, ``torchrun``), uses one intra-op thread, so two workers fill two cores without oversubscribing them.
 
-Bundle commands run in forks of a server that has already imported PyTorch and MONAI (:mod:`tools.forked_runs`),
-which saves about 15 s of imports per command; ``UAD_FORKED_RUNS=0`` runs each in a new Python instead.
+Bundle commands run in forks of a server that has already imported PyTorch and MONAI (:mod:`tools.lab.forked_runs`,
+installed as :mod:`tools.processes`' runner), which saves about 15 s of imports per command; ``UAD_FORKED_RUNS=0``
+runs each in a new Python instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 import torch
 
 from tests.integration import monailabel_build
-from tools import forked_runs
+from tools import processes
+from tools.lab import forked_runs
 
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """The worker's name (``gw0``, ``gw1``, ...) under pytest-xdist; ``None`` in a single-process run."""
@@ -25,6 +27,8 @@ if XDIST_WORKER is not None:
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses the tests start
     torch.set_num_threads(1)
 os.environ.setdefault(forked_runs.ENV_SWITCH, "1")
+if forked_runs.enabled():
+    processes.use_module_runner(forked_runs.run_module)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

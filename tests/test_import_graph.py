@@ -125,6 +125,45 @@ def test_project_has_no_import_cycle() -> None:
     assert cycle is None, describe(cycle, graph)
 
 
+LAYERS: dict[str, tuple[str, ...]] = {
+    "common": ("tools", "bundles"),
+    "bundles": ("tools",),
+    "tools": ("tools.lab",),
+}
+"""Module prefix -> the project packages its modules never import: the library stands alone, a bundle's scripts use
+only the library, and the product commands (which the wheel ships) never reach the development tooling in
+``tools.lab``, which the wheel leaves out. ``tools.lab`` itself may import anything."""
+
+
+def _layer(module: str) -> str | None:
+    if module == "tools.lab" or module.startswith("tools.lab."):
+        return None
+    return next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
+
+
+def layering_violations(graph: Graph) -> list[str]:
+    """``a -> b (path:line)`` for each import that crosses a layer the wrong way (:data:`LAYERS`)."""
+    found = []
+    for source, targets in sorted(graph.items()):
+        layer = _layer(source)
+        for target, where in sorted(targets.items()):
+            forbidden = LAYERS.get(layer, ()) if layer else ()
+            if any(target == f or target.startswith(f + ".") for f in forbidden):
+                found.append(f"{source} -> {target} ({where})")
+    return found
+
+
+def test_layers_are_kept():
+    graph = import_graph(ROOT)
+    assert {"tools.cli", "tools.lab.forked_runs", "tools.lab.holdout_subjects"} <= set(graph)
+    assert layering_violations(graph) == []
+
+
+def test_a_product_command_importing_the_lab_is_a_violation():
+    graph = {"tools.demo": {"tools.lab.forked_runs": "tools/demo.py:3"}, "tools.lab.x": {"tools.demo": "y:1"}}
+    assert layering_violations(graph) == ["tools.demo -> tools.lab.forked_runs (tools/demo.py:3)"]
+
+
 def test_cycles_through_function_level_and_type_checking_imports_are_found(tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)

@@ -7,14 +7,14 @@ interior. Each lesion lies entirely inside the brain mask. The lesion mask is ex
 changed.
 
 :func:`write_anatomy_dataset` turns a folder of healthy volumes (``train/good`` with reference brain masks in
-``brain_mask/good``, like ``../shared/data/ixi_t1``) into a dataset in the layout of ``DESIGN.md``, split by subject:
+``brain_mask/good``, like ``DATA/ixi_t1``) into a dataset in the layout of ``docs/design.md``, split by subject:
 training subjects and normal test subjects are copied unchanged; the other test subjects get lesions. No subject
 appears in two splits, so a detector cannot match a lesioned test image to its own healthy scan.
 
 Example:
     Write the IXI T1 set (16 training, 4 normal test and 4 lesioned test subjects; raw scans, no brain masks)::
 
-        python -m tools.phantoms demo_data/ixi_t1_lesions --from-volumes ../shared/data/ixi_t1 --n-train 16
+        python -m tools.phantoms demo_data/ixi_t1_lesions --from-volumes DATA/ixi_t1 --n-train 16
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str] | None, option: str = "--override") -> dict[str, Any]:
     """Parse ``key=value`` config overrides; values are JSON (``8``, ``[128, 128]``, ``true``) or else plain strings.
 
     Keys use MONAI's ``#`` separator for nested ids (``network_def#clamp=1.5``).
 
     Args:
         items: the ``--override`` arguments.
+        option: the option's name, for the error message.
 
     Returns:
         ``{key: value}`` in the order given (a repeated key keeps its last value).
@@ -48,7 +49,7 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
         key, sep, text = str(item).partition("=")
         key = key.strip()
         if not sep or not key:
-            msg = f"--override: expected key=value with a JSON value (e.g. n_blocks=4), got {item!r}"
+            msg = f"{option}: expected key=value with a JSON value (e.g. n_blocks=4), got {item!r}"
             raise ValueError(msg)
         try:
             overrides[key] = json.loads(text)

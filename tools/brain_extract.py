@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     prog = "python -m tools.brain_extract"
     parser = OneLineArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("dataset_dir", type=Path, help="dataset root in the DESIGN.md layout")
+    parser.add_argument("dataset_dir", type=Path, help="dataset root in the docs/design.md layout")
     parser.add_argument(
         "--method",
         default="deepbet",

@@ -1,9 +1,10 @@
 """Run bundle configs the way a user does: ``python -m monai.bundle run ...`` in a subprocess.
 
-The demo and the bundle tests drive the bundles through this one helper, so they exercise the same code path as
-the documented commands. With ``UAD_FORKED_RUNS=1`` (the test suite) a command runs in a fork of a server that has
-already imported PyTorch and MONAI (:mod:`tools.forked_runs`), the same ``python -m monai.bundle`` entry point
-without 15 s of imports per command.
+The ``uad`` command, the demo and the bundle tests drive the bundles through this one helper, so they exercise the
+same code path as the documented commands. The bundles are found through the installed ``bundles`` package (the
+``bundles/`` folder of a checkout, or the copy a wheel installs), never through the working directory. A command
+runs through :func:`tools.processes.run_python_module`'s runner when one is installed (the test suite installs a
+faster one), else in a new Python.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from typing import Any, TextIO
 
 from monai.bundle import ConfigParser
 
+import bundles
 from common.volumes import SliceSettings
-from tools import forked_runs
+from tools import processes
 
 __all__ = [
-    "REPO_ROOT",
+    "BUNDLES_ROOT",
+    "PACKAGE_ROOT",
     "BundleRunError",
+    "available_bundles",
     "bundle_command",
     "bundle_dir",
     "bundle_slice_settings",
@@ -31,23 +35,31 @@ __all__ = [
     "torchrun_command",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_ROOT = Path(bundles.__file__).resolve().parent
+"""The folder holding one folder per bundle: ``bundles/`` of the checkout or of the installed package."""
+
+PACKAGE_ROOT = BUNDLES_ROOT.parent
+"""The folder holding the ``common``, ``tools`` and ``bundles`` packages (the checkout, or site-packages)."""
 
 
 class BundleRunError(RuntimeError):
     """A bundle command exited with a non-zero status."""
 
 
+def available_bundles() -> list[str]:
+    """The names of the installed bundles (folders of :data:`BUNDLES_ROOT` with a ``configs`` folder), sorted."""
+    return sorted(p.name for p in BUNDLES_ROOT.iterdir() if (p / "configs").is_dir())
+
+
 def bundle_dir(name: str) -> Path:
-    """The folder of bundle ``name`` (``bundles/<name>``).
+    """The folder of bundle ``name`` (``bundles/<name>``), absolute.
 
     Raises:
         ValueError: for an unknown bundle, listing the available ones.
     """
-    path = REPO_ROOT / "bundles" / name
-    if not (path / "configs").is_dir():
-        available = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
-        msg = f"unknown bundle {name!r}; available: {available}"
+    path = BUNDLES_ROOT / name
+    if not name or "/" in name or "\\" in name or not (path / "configs").is_dir():
+        msg = f"unknown bundle {name!r}; available: {', '.join(available_bundles())}"
         raise ValueError(msg)
     return path
 
@@ -87,13 +99,15 @@ def bundle_command(
     """The ``python -m monai.bundle run`` command line for a bundle config with ``--key value`` overrides.
 
     ``extra_configs`` are merged after the bundle's config (MONAI's list form of ``--config_file``), e.g.
-    ``tools/configs/time_limit.json``.
+    ``tools/configs/time_limit.json``. ``bundle_root`` is set to the bundle's folder (unless ``overrides`` set it), so
+    the command means the same from any working directory; paths in ``overrides`` are taken as given.
     """
-    config_file = str(bundle_dir(name) / "configs" / config)
+    folder = bundle_dir(name)
+    config_file = str(folder / "configs" / config)
     if extra_configs:
         config_file = repr([config_file, *(str(Path(c).resolve()) for c in extra_configs)])
     command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_file]
-    for key, value in (overrides or {}).items():
+    for key, value in {"bundle_root": folder, **(overrides or {})}.items():
         command += [f"--{key}", _format(value)]
     return command
 
@@ -128,7 +142,7 @@ def _run_echoing(command: list[str], log: TextIO, prefix: str, timeout: float | 
     deadline = None if timeout is None else time.monotonic() + timeout
     echo = _echo_lines_with(prefix)
     with subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -152,7 +166,7 @@ def run_bundle(
     echo_prefix: str | None = None,
     nproc_per_node: int = 1,
 ) -> subprocess.CompletedProcess:
-    """Run a bundle config from the repository root and return the finished process.
+    """Run a bundle config in this process's working directory and return the finished process.
 
     Args:
         name: bundle folder name, e.g. ``"ms_nf"``.
@@ -174,23 +188,20 @@ def run_bundle(
         command = torchrun_command(command, nproc_per_node)
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    if forked_runs.enabled() and nproc_per_node == 1:
+    runner = processes.installed_module_runner()
+    if runner is not None and nproc_per_node == 1:
         echo = None if echo_prefix is None else _echo_lines_with(echo_prefix)
-        result = forked_runs.run_module(
-            command[2], command[3:], REPO_ROOT, timeout=timeout, output_file=log_file, on_line=echo
-        )
+        result = runner(command[2], command[3:], Path.cwd(), timeout=timeout, output_file=log_file, on_line=echo)
         output = result.stdout
     elif log_file is not None:
         with open(log_file, "w") as handle:
             if echo_prefix is None:
-                result = subprocess.run(
-                    command, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout
-                )
+                result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
             else:
                 result = _run_echoing(command, handle, echo_prefix, timeout)
         output = Path(log_file).read_text(errors="replace")
     else:
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         output = (result.stdout or "") + (result.stderr or "")
     if result.returncode != 0:
         lines = output.strip().splitlines()

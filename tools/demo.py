@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.progress import EPOCH_LINE_PREFIX
-from tools.bundles import REPO_ROOT, run_bundle
+from tools.bundles import run_bundle
 from tools.phantoms import write_dataset
 
 __all__ = ["DEMO_DATA", "DEMO_NETWORK", "DemoData", "main", "run_demo"]
@@ -142,7 +142,7 @@ def run_demo(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``uad-demo``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default=str(REPO_ROOT / "demo_output"), help="where everything is written")
+    parser.add_argument("--output-dir", default="demo_output", help="where everything is written (default demo_output)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
     args = parser.parse_args(argv)

@@ -37,14 +37,14 @@ from typing import Any
 
 from common.checkpoint import stored_arguments
 from common.io import atomic_output
-from tools.bundles import REPO_ROOT, bundle_dir
+from tools.bundles import PACKAGE_ROOT, bundle_dir
 from tools.torchscript import export_torchscript
 
 __all__ = ["VENDOR_PACKAGE", "common_closure", "export_bundle", "main", "rewrite_config", "rewrite_source"]
 
 VENDOR_PACKAGE = "scripts.common"
 """Where ``common`` lives inside an exported bundle."""
-COMMON_ROOT = REPO_ROOT / "common"
+COMMON_ROOT = PACKAGE_ROOT / "common"
 _CONFIG_REFERENCE = re.compile(r"(?<![\w.@#])common\.(\w+)")
 _IMPORT_LINE = re.compile(r"^(\s*)(from|import)\s+common(?=[.\s])", flags=re.M)
 _BUNDLE_PARTS = ("configs", "docs", "scripts", "LICENSE")

@@ -15,7 +15,7 @@ smooth noise, placed inside the parenchyma, brighter than white matter, heteroge
 mask is exactly the set of pixels whose intensity was changed, and the same subject rendered without lesions differs
 from the abnormal one only there (see :func:`make_subject_pair`).
 
-:func:`write_dataset` writes the folders of the dataset layout in ``DESIGN.md`` (``train/good``, ``test/good``,
+:func:`write_dataset` writes the folders of the dataset layout in ``docs/design.md`` (``train/good``, ``test/good``,
 ``test/lesion``, ``ground_truth/lesion`` and, for 3D, ``brain_mask/<class>``).
 
 Example:
@@ -28,7 +28,7 @@ Example:
     normal test and lesioned test volumes, the last with synthetic lesions inside the brain
     (:func:`tools.anatomy_lesions.write_anatomy_dataset`; raw scans, brain masks only with ``--with-brain-masks``)::
 
-        python -m tools.phantoms demo_data/ixi_t1_lesions --from-volumes ../shared/data/ixi_t1 --n-train 16
+        python -m tools.phantoms demo_data/ixi_t1_lesions --from-volumes DATA/ixi_t1 --n-train 16
 """
 
 from __future__ import annotations
@@ -492,7 +492,7 @@ def write_dataset(
     n_mixed_good: int = 0,
     n_mixed_lesion: int = 0,
 ) -> Path:
-    """Write a phantom dataset in the layout of ``DESIGN.md``.
+    """Write a phantom dataset in the layout of ``docs/design.md``.
 
     Layout (``<stem>`` is ``train_0000``, ``good_0000`` or ``lesion_0000``, ...)::
 

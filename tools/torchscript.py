@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import stored_arguments
-from tools import forked_runs
-from tools.bundles import REPO_ROOT, bundle_dir
+from tools.bundles import PACKAGE_ROOT, bundle_dir
+from tools.processes import run_python_module
 
 __all__ = ["TOLERANCE", "ckpt_export_command", "eager_network", "export_torchscript", "main", "max_difference_to_eager"]
 
@@ -82,7 +82,7 @@ def ckpt_export_command(bundle: str, checkpoint: Path, output: Path) -> list[str
 def eager_network(bundle: str, checkpoint: Path) -> torch.nn.Module:
     """The bundle's network built from ``checkpoint``'s description, its weights loaded, on the CPU in eval mode."""
     from common.training import load_checkpoint
-    from tools.benchmark import build_components
+    from tools.components import build_components
 
     _, network, _, _ = build_components(bundle, checkpoint=checkpoint)
     load_checkpoint(network, checkpoint)
@@ -107,9 +107,9 @@ def export_torchscript(bundle: str, checkpoint: str | Path, output: str | Path, 
             by more than :data:`TOLERANCE`.
     """
     checkpoint, output = Path(checkpoint).resolve(), Path(output).resolve()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(bundle_dir(bundle)), str(REPO_ROOT)]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(bundle_dir(bundle)), str(PACKAGE_ROOT)]))}
     command = ckpt_export_command(bundle, checkpoint, output)
-    result = forked_runs.run_python_module(command[2], command[3:], REPO_ROOT, timeout=timeout, environ=env)
+    result = run_python_module(command[2], command[3:], Path.cwd(), timeout=timeout, environ=env)
     if result.returncode != 0 or not output.is_file():
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
         msg = f"ckpt_export of {checkpoint} failed (exit code {result.returncode}):\n{tail}"

@@ -43,7 +43,7 @@ def _nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> P
 
 
 def _make_layout(root: Path) -> None:
-    """A small dataset in the DESIGN.md layout: 2D PNGs and one 3D NIfTI test volume with a 3D mask."""
+    """A small dataset in the docs/design.md layout: 2D PNGs and one 3D NIfTI test volume with a 3D mask."""
     rng = np.random.default_rng(0)
 
     def gray() -> np.ndarray:

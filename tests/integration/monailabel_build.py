@@ -1,7 +1,7 @@
 """The MONAI Label environment for the integration tests, built in the background while the other tests run.
 
-Building it (``tools/monailabel_env.sh``: MONAI Label 0.8.5 and its pinned packages, with this environment's PyTorch
-hard-linked by ``tools/link_torch.py`` rather than unpacked again) takes minutes on one core. ``tests/conftest.py``
+Building it (``tools/lab/monailabel_env.sh``: MONAI Label 0.8.5 and its pinned packages, with this environment's PyTorch
+hard-linked by ``tools/lab/link_torch.py`` rather than unpacked again) takes minutes on one core. ``tests/conftest.py``
 starts the build as soon as collection shows that a ``monailabel`` test will run, so it overlaps with the CPU-bound
 tests before it; the tests' fixture then waits for it.
 
@@ -22,14 +22,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.bundles import REPO_ROOT
-
 __all__ = ["VENV", "BuildResult", "is_complete", "start", "stop", "wait"]
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("UAD_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 """The environment's folder (``UAD_MONAILABEL_VENV`` names an existing one, which is never built)."""
 
-BUILD_SCRIPT = REPO_ROOT / "tools" / "monailabel_env.sh"
+BUILD_SCRIPT = REPO_ROOT / "tools" / "lab" / "monailabel_env.sh"
 LOCK = VENV.with_name(VENV.name + ".lock")
 """Held (``flock``) by the process building :data:`VENV`, for as long as the build runs."""
 
@@ -101,7 +100,7 @@ def _wait_for_other_builder(timeout: float) -> BuildResult:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    msg = "tools/monailabel_env.sh (another process)"
+                    msg = "tools/lab/monailabel_env.sh (another process)"
                     raise subprocess.TimeoutExpired(msg, timeout) from None
                 time.sleep(2.0)
     finally:

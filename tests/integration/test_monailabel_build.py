@@ -1,6 +1,6 @@
 """The MONAI Label environment's build under pytest-xdist: one process builds, the others wait for its lock.
 
-A fake build script stands in for ``tools/monailabel_env.sh``. ``flock`` locks belong to open file descriptions, so
+A fake build script stands in for ``tools/lab/monailabel_env.sh``. ``flock`` locks belong to open file descriptions, so
 a second :func:`~tests.integration.monailabel_build.start` in this process meets the lock exactly as another worker
 process would.
 """

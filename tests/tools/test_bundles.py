@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from common.volumes import SliceSettings
-from tools.bundles import REPO_ROOT, bundle_slice_settings
+from tools.bundles import bundle_slice_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 BUNDLES = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "evaluate.json").is_file())
 

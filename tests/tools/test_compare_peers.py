@@ -14,7 +14,7 @@ from torch import nn
 from common.data import discover_dataset, load_image
 from common.evaluation import AnomalyEvaluation
 from common.scoring import MapScorer
-from tools.benchmark import _count_flops
+from tools.benchmark import count_flops
 from tools.compare.peers import (
     PEER_IN_CHANNELS,
     evaluation_ground_truth,
@@ -68,7 +68,7 @@ def test_peer_cost_is_the_benchmark_of_the_module(tmp_path: Path) -> None:
     assert len(bench["batch_seconds"]) == 2 and all(t > 0 for t in bench["batch_seconds"])
     assert cost["slices_per_s"] == pytest.approx(2 * 2 / sum(bench["batch_seconds"]))
     assert cost["parameters"] == sum(p.numel() for p in network.parameters()) == 3 * 4 * 9 + 4 + 4 * 1 + 1
-    flops, _ = _count_flops(network, torch.rand(1, PEER_IN_CHANNELS, SIZE, SIZE))
+    flops, _ = count_flops(network, torch.rand(1, PEER_IN_CHANNELS, SIZE, SIZE))
     assert cost["gflops_per_slice"] * 1e9 == pytest.approx(flops) and flops == TINY_FLOPS
     assert cost["peak_memory_mib"] > 0
     assert cost["volume_s"] is None  # peers take 2D images only

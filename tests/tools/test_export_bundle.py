@@ -19,10 +19,12 @@ import torch
 
 from common.checkpoint import read_description
 from tests.bundles import contract
-from tools.bundles import REPO_ROOT, run_bundle
+from tools.bundles import run_bundle
 from tools.export_bundle import common_closure, export_bundle, main, rewrite_config, rewrite_source
 from tools.phantoms import write_dataset
 from tools.torchscript import eager_network
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16}
 """The architecture the model is trained with: the export and its runs never repeat it (``model.pt`` describes it)."""

@@ -14,7 +14,7 @@ import torch
 
 from common.backbones import FeatureExtractor, build_backbone
 from common.progress import EPOCH_LINE_PREFIX
-from tools.forked_runs import run_python_module
+from tools.processes import run_python_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "tools" / "configs" / "pretrain_backbone.json"

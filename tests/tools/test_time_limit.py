@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.training import read_state_dict
-from tools.forked_runs import run_python_module
+from tools.processes import run_python_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ("ms_nf", "dnfad", "skip_ts", "anomalypro")

@@ -3,12 +3,12 @@ r"""Command line of the detector comparison: ``python -m tools.compare`` (consol
 Example:
     All four bundles on the BraTS slices, three seeds, a reduced CPU budget::
 
-        python -m tools.compare ../shared/data/brats2015_slices --output-dir /tmp/compare_brats \
+        python -m tools.compare DATA/brats2015_slices --output-dir /tmp/compare_brats \
             --image-size 128 --epochs 3 --device cpu
 
     Trained on the 2D slices, evaluated on the 3D volumes of other patients::
 
-        python -m tools.compare ../shared/data/brats2015_volumes --train-dataset ../shared/data/brats2015_slices \
+        python -m tools.compare DATA/brats2015_volumes --train-dataset DATA/brats2015_slices \
             --bundles skip_ts,dnfad --image-size 128 --epochs 3 --output-dir /tmp/compare_volumes
 """
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, run and evaluate several detectors on one dataset over several seeds; write "
         "results.json, results.md and comparison figures.",
     )
-    parser.add_argument("dataset", type=Path, help="dataset with test/ and ground_truth/ (DESIGN.md layout)")
+    parser.add_argument("dataset", type=Path, help="dataset with test/ and ground_truth/ (docs/design.md layout)")
     parser.add_argument("--output-dir", type=Path, required=True, help="where results and runs are written")
     parser.add_argument(
         "--bundles", default=",".join(ALL_BUNDLES), help=f"comma-separated bundles (default {','.join(ALL_BUNDLES)})"

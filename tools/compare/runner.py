@@ -30,12 +30,13 @@ import nibabel as nib
 from common.data import discover_dataset, is_nifti
 from common.evaluation import write_json_atomic
 from common.io import atomic_output
-from tools.benchmark import DEFAULT_VOLUME_SHAPE, _resolve_device, environment_info, run_benchmark
+from tools.benchmark import DEFAULT_VOLUME_SHAPE, environment_info, run_benchmark
 from tools.bundles import BundleRunError, bundle_dir, run_bundle
 from tools.compare.figures import save_comparison_figures
 from tools.compare.predictions import SlicePredictions, load_predictions
 from tools.compare.report import aggregate, aggregate_runs, json_safe, markdown_report, one_line_error
 from tools.compare.settings import CONFIGS, CompareSettings, config_ids, config_overrides
+from tools.components import resolve_device
 
 __all__ = ["CONFIGS", "compare", "config_overrides"]  # the first and last re-exported from settings
 
@@ -219,7 +220,7 @@ def compare(settings: CompareSettings, progress: bool = True) -> dict[str, Any]:
         if not Path(folder).is_dir():
             msg = f"{folder}: dataset folder not found"
             raise ValueError(msg)
-    device = _resolve_device(settings.device)
+    device = resolve_device(settings.device)
     if settings.peers:
         from tools.compare.peers import check_peers
 

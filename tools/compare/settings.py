@@ -50,7 +50,7 @@ class CompareSettings:
     """What to compare and how.
 
     Attributes:
-        dataset: the test dataset (DESIGN.md layout with ``test/`` and ``ground_truth/``).
+        dataset: the test dataset (docs/design.md layout with ``test/`` and ``ground_truth/``).
         bundles: bundle names under ``bundles/``.
         output_dir: where everything is written.
         seeds: one training (and evaluation) per seed.
