@@ -21,7 +21,7 @@ from torch import nn
 
 from tools.bundles import bundle_dir
 
-__all__ = ["build_components", "resolve_device"]
+__all__ = ["build_components", "bundle_scripts_on_path", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -58,7 +58,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 @contextmanager
-def _bundle_on_path(path: Path) -> Iterator[None]:
+def bundle_scripts_on_path(path: Path) -> Iterator[None]:
     """Import the bundle's ``scripts`` package from ``path``; restore ``sys.path`` and ``sys.modules`` afterwards.
 
     Each bundle has its own top-level ``scripts`` package, so another bundle's one already imported is set aside for
@@ -113,7 +113,7 @@ def build_components(
             raise ValueError(msg)
         parser[key] = value
     built = {}
-    with _bundle_on_path(root):
+    with bundle_scripts_on_path(root):
         for key in ("network_def", "scorer", "slice_settings"):
             try:
                 built[key] = parser.get_parsed_content(key, instantiate=True)

@@ -78,6 +78,7 @@ def _train_one_step(rank_: int, world: int, store: str, results: str, wrap: str)
 
 
 @pytest.mark.parametrize("wrap", ["ddp", "average"])
+@pytest.mark.slow
 def test_two_processes_end_a_step_with_the_same_weights_as_one_on_all_the_data(tmp_path, wrap):
     """DDP around forward_train (MS-NF, DNFAD, Skip-TS) and gradient averaging (AnomalyPro) are data parallel."""
     torch.multiprocessing.spawn(

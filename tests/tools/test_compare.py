@@ -85,6 +85,7 @@ def _rows(results: dict) -> dict[str, dict]:
     return {row["name"]: row for row in results["rows"]}
 
 
+@pytest.mark.slow
 def test_compare_writes_every_output(compared: tuple[int, Path, dict]) -> None:
     rc, out, results = compared
     assert rc == 1  # one bundle failed
@@ -103,6 +104,7 @@ def test_compare_writes_every_output(compared: tuple[int, Path, dict]) -> None:
     json.dumps(results, allow_nan=False)  # strict JSON
 
 
+@pytest.mark.slow
 def test_compare_rows_have_documented_keys(compared: tuple[int, Path, dict]) -> None:
     _, _, results = compared
     rows = _rows(results)
@@ -120,6 +122,7 @@ def test_compare_rows_have_documented_keys(compared: tuple[int, Path, dict]) -> 
         assert row["runs"][0]["seed"] == 0 and Path(row["runs"][0]["checkpoint"]).is_file()
 
 
+@pytest.mark.slow
 def test_failing_bundle_is_reported_in_one_line(compared: tuple[int, Path, dict]) -> None:
     _, out, results = compared
     row = _rows(results)[FAILING]
@@ -131,6 +134,7 @@ def test_failing_bundle_is_reported_in_one_line(compared: tuple[int, Path, dict]
     assert f"| {FAILING} | failed |" in md and f"- {FAILING}: {row['error']}" in md
 
 
+@pytest.mark.slow
 def test_markdown_report_lists_every_bundle(compared: tuple[int, Path, dict]) -> None:
     _, out, results = compared
     md = (out / "results.md").read_text()
@@ -165,6 +169,7 @@ def _recomputed(run_dir: Path, dataset: Path) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("bundle", OK_BUNDLES)
+@pytest.mark.slow
 def test_metrics_match_the_saved_maps(compared: tuple[int, Path, dict], dataset: Path, bundle: str) -> None:
     _, _, results = compared
     row = _rows(results)[bundle]
@@ -173,6 +178,7 @@ def test_metrics_match_the_saved_maps(compared: tuple[int, Path, dict], dataset:
         assert row["metrics"][key]["mean"] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_checkpoint_on_3d_volumes(compared: tuple[int, Path, dict], tmp_path_factory: pytest.TempPathFactory) -> None:
     """Given model.pt files evaluated on a 3D test set: no training, volume AUROC, the benchmark on the test grid.
 

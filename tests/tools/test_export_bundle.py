@@ -90,6 +90,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
     return target, root / "dist" / "ms_nf.zip", data / "test"
 
 
+@pytest.mark.slow
 def test_export_layout_and_zip(exported):
     target, archive, _ = exported
     for part in ("LICENSE", "docs/README.md", "models/model.pt", "configs/inference.json", "configs/metadata.json"):
@@ -105,6 +106,7 @@ def test_export_layout_and_zip(exported):
         export_bundle("ms_nf", target.parent, target / "models" / "model.pt")
 
 
+@pytest.mark.slow
 def test_exported_configs_read_the_architecture_from_the_checkpoint(exported):
     target = exported[0]
     assert (target / "scripts" / "common" / "checkpoint.py").is_file()
@@ -117,6 +119,7 @@ def test_exported_configs_read_the_architecture_from_the_checkpoint(exported):
     assert {key: description["arguments"][key] for key in TINY} == TINY
 
 
+@pytest.mark.slow
 def test_settings_are_baked_in_and_may_not_contradict_the_checkpoint(exported, tmp_path, capsys):
     checkpoint = exported[0] / "models" / "model.pt"
     argv = ["ms_nf", str(tmp_path), "--checkpoint", str(checkpoint)]
@@ -132,10 +135,12 @@ def test_settings_are_baked_in_and_may_not_contradict_the_checkpoint(exported, t
     assert inference["n_blocks"] == "$@architecture.get('n_blocks', 15)"
 
 
+@pytest.mark.slow
 def test_exported_metadata_verifies(exported):
     contract.check_metadata_verifies("ms_nf", exported[0] / "configs" / "metadata.json")
 
 
+@pytest.mark.slow
 def test_exported_bundle_runs_without_the_repository_and_matches(exported, tmp_path):
     target, _, inputs = exported
     probe = _standalone(["-c", "import sys, common"], cwd=target)
@@ -195,6 +200,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 def test_torchscript_export_runs_without_the_repository_and_equals_eager(exported, tmp_path):
     checkpoint = exported[0] / "models" / "model.pt"
     target = export_bundle("ms_nf", tmp_path / "dist", checkpoint, torchscript=True)
@@ -219,6 +225,7 @@ def test_torchscript_export_runs_without_the_repository_and_equals_eager(exporte
     torch.testing.assert_close(torch.load(outside / "y.pt"), eager, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_failed_torchscript_export_is_a_one_line_error_and_leaves_nothing(exported, tmp_path, monkeypatch, capsys):
     calls = []
 

@@ -9,6 +9,13 @@ import numpy as np
 __all__ = ["non_negative_int", "positive_int", "positive_ints"]
 
 
+def _integer_at_least(name: str, value: int, minimum: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        msg = f"{name}: expected a {what} integer, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
+
+
 def positive_int(name: str, value: int) -> int:
     """``value`` as a positive ``int`` (a bool is not one).
 
@@ -22,29 +29,12 @@ def positive_int(name: str, value: int) -> int:
     Raises:
         ValueError: for anything but an integer of at least 1.
     """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        msg = f"{name}: expected a positive integer, got {value!r}"
-        raise ValueError(msg)
-    return int(value)
+    return _integer_at_least(name, value, 1, "positive")
 
 
 def non_negative_int(name: str, value: int) -> int:
-    """``value`` as a non-negative ``int`` (a bool is not one).
-
-    Args:
-        name: the argument's name, used in the error.
-        value: the value to check (a Python or NumPy integer).
-
-    Returns:
-        ``int(value)``.
-
-    Raises:
-        ValueError: for anything but an integer of at least 0.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        msg = f"{name}: expected a non-negative integer, got {value!r}"
-        raise ValueError(msg)
-    return int(value)
+    """``value`` as a non-negative ``int`` (a bool is not one); arguments and errors as :func:`positive_int`."""
+    return _integer_at_least(name, value, 0, "non-negative")
 
 
 def positive_ints(name: str, values: int | Sequence[int], length: int) -> tuple[int, ...]:

@@ -106,6 +106,7 @@ def test_without_the_runner_a_new_python_runs_it(probe_dir, monkeypatch):
     assert done.returncode == 5 and "to stderr" in done.stderr and "atexit ran" in done.stdout
 
 
+@pytest.mark.slow
 def test_bundle_training_forked_equals_a_new_python(tmp_path, monkeypatch):
     """The same training through the server and through ``python -m monai.bundle`` ends with equal weights."""
     data = write_dataset(tmp_path / "data", dims=2, n_train=4, n_test_good=1, n_test_lesion=1, size=32, seed=0)
