@@ -29,12 +29,25 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from common.io import atomic_output
-from tools.noise import check_rng, smooth_noise
+from tools.blobs import check_inputs, implant_blobs
+from tools.noise import check_rng
 
-__all__ = ["DEFAULT_CONTRAST", "implant_lesions", "main", "write_anatomy_dataset", "write_lesion_twins"]
+__all__ = [
+    "DEFAULT_CONTRAST",
+    "check_splits_free",
+    "copy_atomic",
+    "implant_lesions",
+    "main",
+    "nifti_volumes",
+    "split_subjects",
+    "subject_seed",
+    "write_anatomy_dataset",
+    "write_lesion_twins",
+    "write_like",
+    "write_mask_like",
+]
 
 DEFAULT_CONTRAST = 1.3
 """Lesion target intensity as a multiple of the brain's 99th-percentile intensity.
@@ -47,7 +60,6 @@ staying below the bright scalp fat and the top of the uint8 range (lesion voxels
 voxel saturates.
 """
 
-_EDGE_MM = (3.0, 6.0)  # width of the soft edge: the blend weight rises from 0.45 to 1 over this depth
 _MIN_INCREASE = 0.1  # minimum increase, as a fraction of the brain's 99th percentile, before the edge weight
 _SUFFIXES = (".nii.gz", ".nii")
 
@@ -83,27 +95,6 @@ def _check_lesion_parameters(
     return count, radius
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random 3D rotation matrix (from a normalised Gaussian quaternion)."""
-    quaternion = rng.standard_normal(4)
-    w, x, y, z = quaternion / max(float(np.linalg.norm(quaternion)), 1e-12)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast float values to ``dtype``: integers are rounded and clipped to the type's range."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.round(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
-
-
 def implant_lesions(
     volume: np.ndarray,
     brain: np.ndarray,
@@ -117,10 +108,11 @@ def implant_lesions(
 
     Each lesion is an ellipsoid with a base radius drawn from ``radius_mm`` and semi-axes of 0.7-1.3 times it in a
     random orientation, centred on a voxel deep enough in the brain (distance transform of ``brain``) for the whole
-    ellipsoid to fit; thresholded smooth noise cuts its outline, and it is intersected with ``brain``. Lesion voxels
-    are blended towards ``contrast`` times the brain's 99th-percentile intensity, with a weight that rises from 0.45 at
-    the lesion border to 1 a few millimetres inside (soft edge) and a smooth +-8 % texture (heterogeneity); every
-    lesion voxel gets at least a small increase, so lesions are hyperintense even where the tissue is already bright.
+    ellipsoid to fit; thresholded smooth noise cuts its outline, and it is intersected with ``brain``
+    (:func:`tools.blobs.draw_blob`). Lesion voxels are blended towards ``contrast`` times the brain's 99th-percentile
+    intensity, with a weight that rises from 0.45 at the lesion border to 1 a few millimetres inside (soft edge) and a
+    smooth +-8 % texture (heterogeneity); every lesion voxel gets at least a small increase, so lesions are
+    hyperintense even where the tissue is already bright (:func:`tools.blobs.paint`).
 
     Args:
         volume: 3D image (any real dtype); not modified.
@@ -144,81 +136,16 @@ def implant_lesions(
             of range.
     """
     check_rng(rng)
-    volume = np.asarray(volume)
-    if volume.ndim != 3 or not np.issubdtype(volume.dtype, np.number) or np.iscomplexobj(volume):
-        msg = f"volume: expected a real 3D array, got shape {volume.shape} and dtype {volume.dtype}"
-        raise ValueError(msg)
-    brain = np.asarray(brain)
-    if brain.shape != volume.shape:
-        msg = f"brain: expected the volume's shape {volume.shape}, got {brain.shape}"
-        raise ValueError(msg)
-    brain = brain > 0
-    if not brain.any():
-        msg = "brain: the brain mask is empty"
-        raise ValueError(msg)
-    try:
-        spacing = np.array([float(s) for s in spacing_mm], dtype=np.float64)
-    except (TypeError, ValueError):
-        msg = f"spacing_mm: expected 3 positive numbers, got {spacing_mm!r}"
-        raise ValueError(msg) from None
-    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        msg = f"spacing_mm: expected 3 positive numbers, got {spacing_mm!r}"
-        raise ValueError(msg)
-    (count_low, count_high), (radius_low, radius_high) = _check_lesion_parameters(n_lesions, radius_mm, contrast)
-
-    shape = volume.shape
-    values = volume.astype(np.float32)
-    reference = float(np.percentile(values[brain], 99.0))
-    scale = reference if reference > 0 else max(float(np.abs(values[brain]).max()), 1.0)
-    depth_mm = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=spacing)[(slice(1, -1),) * 3]
-    weight = np.zeros(shape, dtype=np.float32)  # in (0, 1] inside a lesion: soft edge
-    target = np.zeros(shape, dtype=np.float32)  # intensity each lesion voxel is pulled towards
-    for _ in range(int(rng.integers(int(count_low), int(count_high) + 1))):
-        semi_mm = rng.uniform(radius_low, radius_high) * rng.uniform(0.7, 1.3, 3)
-        # Voxels deep enough for the whole ellipsoid (its farthest point is max(semi) from the centre) to fit.
-        candidates = np.flatnonzero(depth_mm > semi_mm.max())
-        if candidates.size == 0:
-            deepest = float(depth_mm.max())
-            semi_mm *= 0.9 * deepest / semi_mm.max()
-            candidates = np.flatnonzero(depth_mm >= deepest)
-        centre = np.unravel_index(candidates[rng.integers(candidates.size)], shape)
-        half = np.ceil(semi_mm.max() / spacing).astype(int) + 1
-        box = tuple(
-            slice(max(int(c) - int(h), 0), min(int(c) + int(h) + 1, n))
-            for c, h, n in zip(centre, half, shape, strict=True)
-        )
-        grids = np.meshgrid(
-            *[(np.arange(s.start, s.stop) - c) * d for s, c, d in zip(box, centre, spacing, strict=True)],
-            indexing="ij",
-        )
-        offsets = np.stack(grids, axis=-1) @ _random_rotation(rng)  # mm, in the lesion's own frame
-        radial = np.sqrt(np.sum((offsets / semi_mm) ** 2, axis=-1))
-        sigma = np.maximum(semi_mm.mean() / 3.0 / spacing, 1.0)
-        rough = smooth_noise(rng, radial.shape, tuple(sigma))
-        blob = ((radial < 1.0) & (radial + 0.25 * rough < 0.9)) | (radial < 0.35)
-        blob &= brain[box]
-        labels, _ = ndimage.label(blob)
-        blob = labels == labels[tuple(int(c) - s.start for c, s in zip(centre, box, strict=True))]
-        inside = ndimage.distance_transform_edt(np.pad(blob, 1), sampling=spacing)[(slice(1, -1),) * 3]
-        edge = rng.uniform(*_EDGE_MM)
-        w = np.where(blob, 0.45 + 0.55 * np.clip(inside / edge, 0.0, 1.0), 0.0).astype(np.float32)
-        stronger = w > weight[box]
-        weight[box] = np.where(stronger, w, weight[box])
-        lesion_target = np.float32(contrast * scale * rng.uniform(0.92, 1.08))
-        target[box] = np.where(stronger, lesion_target, target[box])
-
-    region = weight > 0
-    heterogeneity = 1.0 + 0.08 * smooth_noise(rng, shape, tuple(np.maximum(3.0 / spacing, 0.5)))
-    increase = np.maximum(target * heterogeneity - values, np.float32(_MIN_INCREASE * scale))
-    lesioned_values = values.copy()
-    lesioned_values[region] += (weight * increase)[region]
-    lesioned = volume.copy()
-    lesioned[region] = _cast_like(lesioned_values[region], volume.dtype)
-    mask = lesioned != volume
-    return lesioned, mask
+    volume, brain, spacing = check_inputs(volume, brain, spacing_mm)
+    count, radius = _check_lesion_parameters(n_lesions, radius_mm, contrast)
+    brain_values = volume[brain].astype(np.float32)
+    reference = float(np.percentile(brain_values, 99.0))
+    scale = reference if reference > 0 else max(float(np.abs(brain_values).max()), 1.0)
+    return implant_blobs(volume, brain, rng, spacing, count, radius, contrast * scale, _MIN_INCREASE * scale)
 
 
-def _volumes(folder: Path) -> list[Path]:
+def nifti_volumes(folder: Path) -> list[Path]:
+    """The NIfTI volumes (``*.nii.gz``, ``*.nii``) of ``folder``, sorted; none when it does not exist."""
     if not folder.is_dir():
         return []
     return sorted(
@@ -226,7 +153,8 @@ def _volumes(folder: Path) -> list[Path]:
     )
 
 
-def _copy_atomic(source: Path, destination: Path) -> None:
+def copy_atomic(source: Path, destination: Path) -> None:
+    """Copy a file under a temporary name next to ``destination``, then rename it."""
     with atomic_output(destination) as tmp:
         shutil.copyfile(source, tmp)
 
@@ -239,7 +167,25 @@ def _write_nifti(image: nib.spatialimages.SpatialImage, destination: Path) -> No
         tmp.write_bytes(data)
 
 
-def _subject_seed(seed: int, name: str) -> list[int]:
+def write_like(image: nib.spatialimages.SpatialImage, stored: np.ndarray, destination: Path) -> None:
+    """Write stored (unscaled) values with ``image``'s header: data type, scaling, affine, qform/sform codes."""
+    out_image = type(image)(stored, None, header=image.header.copy())
+    # Keep the source's scaling: with slope and intercept set, nibabel writes the stored values unchanged.
+    out_image.header.set_slope_inter(float(image.dataobj.slope), float(image.dataobj.inter))
+    _write_nifti(out_image, destination)
+
+
+def write_mask_like(image: nib.spatialimages.SpatialImage, mask: np.ndarray, destination: Path) -> None:
+    """Write a boolean mask as uint8 0/1 with ``image``'s header (no scaling, display range 0..1)."""
+    mask_image = type(image)(np.asarray(mask).astype(np.uint8), None, header=image.header.copy())
+    mask_image.header.set_data_dtype(np.uint8)
+    mask_image.header.set_slope_inter(1.0, 0.0)
+    mask_image.header["cal_min"], mask_image.header["cal_max"] = 0.0, 1.0
+    _write_nifti(mask_image, destination)
+
+
+def subject_seed(seed: int, name: str) -> list[int]:
+    """The lesion seed of one subject: ``seed`` and a checksum of its file name."""
     return [int(seed), zlib.crc32(name.encode("utf-8"))]
 
 
@@ -266,22 +212,60 @@ def _write_lesioned(
         raise ValueError(msg)
     stored = np.asanyarray(image.dataobj.get_unscaled())
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-    rng = np.random.default_rng(_subject_seed(seed, name))
+    rng = np.random.default_rng(subject_seed(seed, name))
     lesioned, mask = implant_lesions(stored, brain, rng, spacing, n_lesions, radius_mm, contrast)
 
-    header = image.header.copy()
-    out_image = type(image)(lesioned, None, header=header)
-    # Keep the source's scaling: with slope and intercept set, nibabel writes the stored values unchanged.
-    out_image.header.set_slope_inter(float(image.dataobj.slope), float(image.dataobj.inter))
-    _write_nifti(out_image, out / "test" / "lesion" / name)
-    mask_image = type(image)(mask.astype(np.uint8), None, header=header)
-    mask_image.header.set_data_dtype(np.uint8)
-    mask_image.header.set_slope_inter(1.0, 0.0)
-    mask_image.header["cal_min"], mask_image.header["cal_max"] = 0.0, 1.0
-    _write_nifti(mask_image, out / "ground_truth" / "lesion" / name)
+    write_like(image, lesioned, out / "test" / "lesion" / name)
+    write_mask_like(image, mask, out / "ground_truth" / "lesion" / name)
     if with_brain_mask:
-        _copy_atomic(mask_dir / name, out / "brain_mask" / "lesion" / name)
+        copy_atomic(mask_dir / name, out / "brain_mask" / "lesion" / name)
     return float(mask.sum() * np.prod(spacing) / 1000.0)
+
+
+def split_subjects(names: Sequence[str], n_train: int, seed: int, source: Path) -> dict[str, list[str]]:
+    """Split subjects (file names) into ``train``, ``test_good`` and ``test_lesion``, each sorted.
+
+    The names, sorted, are shuffled with ``seed``; the first ``n_train`` train, of the rest the first half (rounded
+    down) are normal test subjects and the others abnormal ones.
+
+    Raises:
+        ValueError: when ``n_train`` leaves fewer than 2 test subjects (``source`` names the folder).
+    """
+    names = sorted(names)
+    n_test = len(names) - int(n_train)
+    if n_test < 2:
+        msg = (
+            f"n_train={n_train} leaves {max(n_test, 0)} of the {len(names)} subjects in {source} for testing; "
+            "at least 2 are needed (one normal, one lesioned)"
+        )
+        raise ValueError(msg)
+    order = [names[i] for i in np.random.default_rng(int(seed)).permutation(len(names))]
+    n_good = n_test // 2
+    return {
+        "train": sorted(order[: int(n_train)]),
+        "test_good": sorted(order[int(n_train) : int(n_train) + n_good]),
+        "test_lesion": sorted(order[int(n_train) + n_good :]),
+    }
+
+
+def check_splits_free(names: Sequence[str], planned: dict[Path, list[str]]) -> None:
+    """Refuse to write when an output folder already holds one of ``names`` that the plan puts in another folder.
+
+    Args:
+        names: every subject of the source.
+        planned: each output folder and the subjects it will hold.
+
+    Raises:
+        ValueError: naming the folder and the subjects that would end up in two splits.
+    """
+    for folder, subjects in planned.items():
+        stale = sorted(set(names) & {p.name for p in nifti_volumes(folder)} - set(subjects))
+        if stale:
+            msg = (
+                f"{folder} already holds {', '.join(stale[:5])}, which this split puts elsewhere: a subject would be "
+                "in two splits; write to an empty folder"
+            )
+            raise ValueError(msg)
 
 
 def write_anatomy_dataset(
@@ -339,7 +323,7 @@ def write_anatomy_dataset(
             msg = f"{name}: expected an int >= {minimum}, got {value!r}"
             raise ValueError(msg)
     image_dir, mask_dir = source / "train" / "good", source / "brain_mask" / "good"
-    volumes = _volumes(image_dir)
+    volumes = nifti_volumes(image_dir)
     if not volumes:
         msg = f"no NIfTI volumes (*.nii.gz, *.nii) in {image_dir}"
         raise ValueError(msg)
@@ -347,42 +331,21 @@ def write_anatomy_dataset(
     if missing:
         msg = f"brain masks missing in {mask_dir} for {len(missing)} volume(s): {', '.join(missing[:5])}"
         raise ValueError(msg)
-    n_test = len(volumes) - int(n_train)
-    if n_test < 2:
-        msg = (
-            f"n_train={n_train} leaves {max(n_test, 0)} of the {len(volumes)} subjects in {image_dir} for testing; "
-            "at least 2 are needed (one normal, one lesioned)"
-        )
-        raise ValueError(msg)
-
     names = [p.name for p in volumes]
-    order = [names[i] for i in np.random.default_rng(int(seed)).permutation(len(names))]
-    n_good = n_test // 2
-    splits = {
-        "train": sorted(order[: int(n_train)]),
-        "test_good": sorted(order[int(n_train) : int(n_train) + n_good]),
-        "test_lesion": sorted(order[int(n_train) + n_good :]),
-    }
+    splits = split_subjects(names, int(n_train), int(seed), image_dir)
     folders = {
         "train": out / "train" / "good",
         "test_good": out / "test" / "good",
         "test_lesion": out / "test" / "lesion",
     }
-    for split, folder in folders.items():
-        stale = sorted(set(names) & {p.name for p in _volumes(folder)} - set(splits[split]))
-        if stale:
-            msg = (
-                f"{folder} already holds {', '.join(stale[:5])}, which this split puts elsewhere: a subject would be "
-                "in two splits; write to an empty folder"
-            )
-            raise ValueError(msg)
+    check_splits_free(names, {folders[split]: splits[split] for split in folders})
 
     lesion_ml: dict[str, float] = {}
     for split in ("train", "test_good"):
         for name in splits[split]:
-            _copy_atomic(image_dir / name, folders[split] / name)
+            copy_atomic(image_dir / name, folders[split] / name)
             if with_brain_masks:
-                _copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
+                copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
     for name in splits["test_lesion"]:
         lesion_ml[name] = _write_lesioned(
             image_dir, mask_dir, name, out, int(seed), n_lesions, radius_mm, contrast, with_brain_masks
@@ -451,8 +414,8 @@ def write_lesion_twins(
             raise ValueError(msg)
     lesion_ml = {}
     for name in names:
-        _copy_atomic(image_dir / name, out / "test" / "good" / name)
-        _copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
+        copy_atomic(image_dir / name, out / "test" / "good" / name)
+        copy_atomic(mask_dir / name, out / "brain_mask" / "good" / name)
         lesion_ml[name] = _write_lesioned(
             image_dir, mask_dir, name, out, int(seed), n_lesions, radius_mm, contrast, True
         )

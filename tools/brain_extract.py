@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -38,7 +39,7 @@ from common.data import DatasetLayoutError, ImageRecord, discover_dataset, is_ni
 from common.volumes import write_map
 from tools.arguments import OneLineArgumentParser, UsageError
 
-__all__ = ["ExtractionSummary", "extract_brain_masks", "main", "mask_path", "write_mask"]
+__all__ = ["ExtractionSummary", "extract_brain_mask", "extract_brain_masks", "main", "mask_path", "write_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,25 @@ def _one_line(error: Exception, path: Path) -> str:
     return text if text.startswith(f"{path}: ") else f"{path}: {text}"
 
 
+def extract_brain_mask(image: Any, method: str | ExtractBrainMaskd = "deepbet") -> np.ndarray:
+    """The brain mask the bundles compute for one loaded 3D volume (:class:`common.brain.ExtractBrainMaskd`).
+
+    Args:
+        image: a volume ``(X, Y, Z)`` from :func:`common.data.load_image` (a ``MetaTensor`` with its affine and file
+            name).
+        method: the extractor (``"deepbet"`` or ``"module:function"``), or a transform to reuse.
+
+    Returns:
+        The boolean mask on the volume's grid.
+
+    Raises:
+        BrainExtractionError: ``"<file>: ..."`` when the extraction fails or finds an implausibly small brain.
+    """
+    transform = method if isinstance(method, ExtractBrainMaskd) else ExtractBrainMaskd(keys="image", method=method)
+    out = transform({"image": image[None]})
+    return np.asarray(out["brain_mask"][0]) > 0
+
+
 def extract_brain_masks(
     records: Sequence[ImageRecord], root: str | Path, method: str = "deepbet", overwrite: bool = False
 ) -> ExtractionSummary:
@@ -149,8 +169,7 @@ def extract_brain_masks(
                     summary.not_3d.append(path)
                     tqdm.write(f"{path}: skipped, brain extraction needs a 3D volume", file=sys.stderr)
                     continue
-                out = transform({"image": image[None]})
-                mask = np.asarray(out["brain_mask"][0]) > 0
+                mask = extract_brain_mask(image, transform)
                 write_mask(mask, path, out_path)
             except Exception as error:  # one bad file must not stop the others; KeyboardInterrupt still does
                 summary.failed.append(_one_line(error, path))
