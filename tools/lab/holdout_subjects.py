@@ -18,6 +18,13 @@ training slice)::
     out/test/lesion/             lesioned twins of out/test/good (written files)
     out/ground_truth/lesion/     their lesion masks, ``<stem>_mask.png``
 
+Adding ``--twin-kinds KIND ...`` writes twins of the anomaly suite's kinds instead (:mod:`tools.anomaly_kinds`:
+``hyperintense``, ``hypointense``, ``texture``, ``deformation``, ``foreign``, ``mass_effect``), one test class per
+kind; a slice too small for a kind's anomaly is left out of that kind and reported::
+
+    out/test/<kind>/             twins of out/test/good with one anomaly of the kind
+    out/ground_truth/<kind>/     their masks, ``<stem>_mask.png``
+
 With ``--hyperintensity-masks`` the held-out subjects' real abnormal slices keep their place in ``test/lesion`` and get
 approximate masks, so pixel metrics can be computed on real lesions (:func:`write_hyperintensity_masks`): the
 pixels of the slice's computed foreground brighter than the held-out normal slices' brain median by
@@ -36,6 +43,8 @@ Usage::
     python -m tools.lab.holdout_subjects DATA/brats2015_slices runs/dev_split --holdout brats_2013_pat0006_1
     python -m tools.lab.holdout_subjects DATA/brats2015_slices runs/dev_twins --holdout brats_2013_pat0006_1 \
         --lesion-twins 7
+    python -m tools.lab.holdout_subjects DATA/brats2015_slices runs/dev_kinds --holdout brats_2013_pat0006_1 \
+        --lesion-twins 7 --twin-kinds hyperintense hypointense texture deformation foreign mass_effect
     python -m tools.lab.holdout_subjects DATA/brats2015_slices runs/dev_real6 --holdout brats_2013_pat0006_1 \
         --hyperintensity-masks 2.5
 """
@@ -45,6 +54,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,13 +66,34 @@ from common.data import file_stem
 from common.foreground import compute_foreground
 from common.io import atomic_output
 from tools.anatomy_lesions import implant_lesions
+from tools.anomaly_kinds import KINDS, implant_anomaly
 
-__all__ = ["main", "subject_of", "write_holdout_split", "write_hyperintensity_masks", "write_lesion_twin_slices"]
+__all__ = [
+    "main",
+    "subject_of",
+    "write_anomaly_twin_slices",
+    "write_holdout_split",
+    "write_hyperintensity_masks",
+    "write_lesion_twin_slices",
+]
 
 TWIN_RADIUS_PIXELS = (6.0, 15.0)
 """Base lesion radius range in pixels (about millimetres on 1 mm slices such as BraTS'), as for the 3D twins."""
 TWIN_LESIONS = (1, 2)
 """Inclusive range of lesions per twin slice."""
+TWIN_PARAMETERS: dict[str, dict[str, tuple[float, float]]] = {
+    "hyperintense": {"n_lesions": TWIN_LESIONS, "radius_mm": TWIN_RADIUS_PIXELS},
+    "hypointense": {"radius_mm": (5.0, 10.0)},
+    "texture": {"radius_mm": (6.0, 12.0)},
+    "deformation": {"radius_mm": (10.0, 16.0)},
+    "foreign": {"radius_mm": (5.0, 10.0)},
+    "mass_effect": {"radius_mm": (4.0, 7.0)},
+}
+"""Sizes of the anomaly twins in pixels, where they differ from the heads' ranges of :mod:`tools.anomaly_kinds`.
+
+A slice's brain is much shallower than a head's (on the held-out BraTS slices its deepest pixel lies 11-23 pixels from
+the brain's edge, against about 50 mm in a head), so the twins are smaller; the other parameters keep their defaults.
+"""
 
 MIN_MASK_PIXELS = 50
 """Smallest connected component kept in a hyperintensity mask, and smallest mask that keeps its slice."""
@@ -88,6 +119,7 @@ def write_holdout_split(
     holdout: Sequence[str],
     lesion_twins_seed: int | None = None,
     hyperintensity_factor: float | None = None,
+    twin_kinds: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Write the development split (module docstring) and return how many files each folder got.
 
@@ -99,14 +131,26 @@ def write_holdout_split(
             lesioned twins of the held-out normal slices instead (:func:`write_lesion_twin_slices`).
         hyperintensity_factor: with the abnormal slices of ``train/mixed``, write approximate masks with this
             factor (:func:`write_hyperintensity_masks`); ``None``: no masks (image-level evaluation only).
+        twin_kinds: with ``lesion_twins_seed``, twins of these anomaly kinds, one test class each
+            (:func:`write_anomaly_twin_slices`), instead of the hyperintense ``test/lesion`` twins.
 
     Raises:
         ValueError: when a folder is missing, ``out_dir`` exists, a held-out subject has no normal or no
-            abnormal slices, or both lesion twins and hyperintensity masks are asked for.
+            abnormal slices, both lesion twins and hyperintensity masks are asked for, or twin kinds without lesion
+            twins or with an unknown kind.
     """
     if lesion_twins_seed is not None and hyperintensity_factor is not None:
         msg = "lesion twins bring their own masks: give either lesion twins or hyperintensity masks, not both"
         raise ValueError(msg)
+    if twin_kinds is not None:
+        if lesion_twins_seed is None:
+            msg = "twin kinds need a lesion twins seed (--lesion-twins SEED)"
+            raise ValueError(msg)
+        unknown = [kind for kind in twin_kinds if kind not in KINDS]
+        if unknown or not twin_kinds:
+            msg = f"twin kinds: {'unknown kind ' + repr(unknown[0]) if unknown else 'none given'}; the kinds are "
+            msg += ", ".join(KINDS)
+            raise ValueError(msg)
     root, out = Path(dataset_dir), Path(out_dir)
     good_dir, mixed_dir = root / "train" / "good", root / "train" / "mixed"
     for folder in (good_dir, mixed_dir):
@@ -136,7 +180,12 @@ def write_holdout_split(
         for source in files:
             (out / folder / source.name).symlink_to(source.resolve())
     counts = {folder: len(files) for folder, files in plan.items()}
-    if lesion_twins_seed is not None:
+    if lesion_twins_seed is not None and twin_kinds is not None:
+        written, skipped = write_anomaly_twin_slices(out, lesion_twins_seed, twin_kinds)
+        counts.update({f"test/{kind}": n for kind, n in written.items()})
+        for line in skipped:
+            print(line, file=sys.stderr)
+    elif lesion_twins_seed is not None:
         counts["test/lesion"] = write_lesion_twin_slices(out, lesion_twins_seed)
     if hyperintensity_factor is not None:
         counts["test/lesion"] = write_hyperintensity_masks(out, hyperintensity_factor)
@@ -228,6 +277,51 @@ def write_lesion_twin_slices(split_dir: str | Path, seed: int) -> int:
     return len(sources)
 
 
+def write_anomaly_twin_slices(
+    split_dir: str | Path, seed: int, kinds: Sequence[str] = KINDS
+) -> tuple[dict[str, int], list[str]]:
+    """Write a twin of every 2D slice in ``split_dir/test/good`` for each anomaly kind, one test class per kind.
+
+    Each slice is a one-voxel-thick volume (as in :func:`write_lesion_twin_slices`) whose computed foreground is the
+    brain; :func:`tools.anomaly_kinds.implant_anomaly` implants one anomaly of the kind with its default ranges, read
+    in pixels (about millimetres on 1 mm slices), except for the sizes of :data:`TWIN_PARAMETERS`. Each kind draws
+    from a generator seeded with ``seed`` and the kind's name, slices in file-name order. Twins go to
+    ``test/<kind>/<name>`` and masks to ``ground_truth/<kind>/<stem>_mask.png`` (0/255).
+
+    Args:
+        split_dir: a dataset root whose ``test/good`` holds 8-bit grayscale PNG slices.
+        seed: anomaly seed.
+        kinds: kinds of :data:`tools.anomaly_kinds.KINDS`.
+
+    Returns:
+        ``(written, skipped)``: twins written per kind, and ``"<slice> [<kind>]: <reason>"`` for each anomaly that
+        could not be placed (a slice whose brain is too small for it).
+
+    Raises:
+        ValueError: when a slice is not a 2D 8-bit image.
+    """
+    root = Path(split_dir)
+    sources = [(source, *_slice_with_foreground(source)) for source in _files(root / "test" / "good")]
+    written: dict[str, int] = {}
+    skipped: list[str] = []
+    for kind in kinds:
+        rng = np.random.default_rng([seed, zlib.crc32(kind.encode("utf-8"))])
+        extra = TWIN_PARAMETERS.get(kind, {})
+        written[kind] = 0
+        for source, image, foreground in sources:
+            try:
+                anomaly = implant_anomaly(kind, image[..., None], foreground[..., None], rng, (1.0, 1.0, 1e6), **extra)
+            except ValueError as error:
+                skipped.append(f"{source} [{kind}]: {error}")
+                continue
+            with atomic_output(root / "test" / kind / source.name) as tmp:
+                Image.fromarray(anomaly.volume[..., 0]).save(tmp, format="PNG")
+            with atomic_output(root / "ground_truth" / kind / f"{file_stem(source)}_mask.png") as tmp:
+                Image.fromarray(anomaly.mask[..., 0].astype(np.uint8) * 255).save(tmp, format="PNG")
+            written[kind] += 1
+    return written, skipped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -241,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="test on lesioned twins of the held-out normal slices (with masks) instead of train/mixed's slices",
     )
     parser.add_argument(
+        "--twin-kinds",
+        nargs="+",
+        metavar="KIND",
+        help=f"with --lesion-twins: twins of these anomaly kinds, one test class each ({', '.join(KINDS)})",
+    )
+    parser.add_argument(
         "--hyperintensity-masks",
         type=float,
         metavar="K",
@@ -250,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         counts = write_holdout_split(
-            args.dataset_dir, args.out_dir, args.holdout, args.lesion_twins, args.hyperintensity_masks
+            args.dataset_dir, args.out_dir, args.holdout, args.lesion_twins, args.hyperintensity_masks, args.twin_kinds
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tools.anomaly_kinds import KINDS
 from tools.lab.holdout_subjects import main, subject_of, write_holdout_split
 
 
@@ -138,3 +139,30 @@ def test_hyperintensity_masks_reject_a_colour_slice_naming_it(png_dataset, tmp_p
     assert main([str(png_dataset), str(tmp_path / "real"), "--holdout", "b_1", "--hyperintensity-masks", "2.5"]) == 2
     error = capsys.readouterr().err
     assert "b_1_z020.png: expected a 2D 8-bit grayscale slice" in error and len(error.strip().splitlines()) == 1
+
+
+def test_anomaly_twins_one_class_per_kind_inside_the_brain(png_dataset, tmp_path):
+    out = tmp_path / "kinds"
+    assert main([str(png_dataset), str(out), "--holdout", "b_1", "--lesion-twins", "3", "--twin-kinds", *KINDS]) == 0
+    assert not (out / "test" / "lesion").exists()
+    for kind in KINDS:
+        assert sorted(p.name for p in (out / "test" / kind).iterdir()) == ["b_1_z010.png", "b_1_z011.png"], kind
+        for name in ("b_1_z010", "b_1_z011"):
+            normal = np.asarray(Image.open(out / "test" / "good" / f"{name}.png")).astype(int)
+            twin = np.asarray(Image.open(out / "test" / kind / f"{name}.png")).astype(int)
+            mask = np.asarray(Image.open(out / "ground_truth" / kind / f"{name}_mask.png")) > 0
+            assert mask.sum() >= 20 and np.all(normal[mask] > 0), kind  # a real blob, inside the brain
+            assert not ((twin != normal) & (normal == 0)).any(), kind
+            if kind not in ("deformation", "mass_effect"):
+                assert not ((twin != normal) & ~mask).any(), kind  # intensity kinds change only their mask
+    again = tmp_path / "again"
+    write_holdout_split(png_dataset, again, ["b_1"], lesion_twins_seed=3, twin_kinds=["texture"])
+    path = Path("test") / "texture" / "b_1_z010.png"
+    assert (again / path).read_bytes() == (out / path).read_bytes()
+
+
+def test_twin_kinds_need_lesion_twins_and_known_kinds(png_dataset, tmp_path):
+    with pytest.raises(ValueError, match="need a lesion twins seed"):
+        write_holdout_split(png_dataset, tmp_path / "a", ["b_1"], twin_kinds=["texture"])
+    with pytest.raises(ValueError, match="unknown kind 'sparkle'"):
+        write_holdout_split(png_dataset, tmp_path / "b", ["b_1"], lesion_twins_seed=0, twin_kinds=["sparkle"])
