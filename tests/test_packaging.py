@@ -25,7 +25,7 @@ import tools
 from tools.phantoms import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = ("anomalypro", "dnfad", "ms_nf", "skip_ts")
+BUNDLES = ("anomalypro", "dnfad", "intensity", "ms_nf", "skip_ts")
 SOURCE_IGNORE = shutil.ignore_patterns(
     ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo_output", "runs", "*.pt"
 )

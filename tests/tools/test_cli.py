@@ -34,7 +34,10 @@ def test_subcommand_help_has_an_example(name, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "no_such_bundle", "."], "unknown bundle 'no_such_bundle'; available: anomalypro, dnfad, ms_nf"),
+        (
+            ["train", "no_such_bundle", "."],
+            "unknown bundle 'no_such_bundle'; available: anomalypro, dnfad, intensity, ms_nf, skip_ts",
+        ),
         (["train", "ms_nf", "{missing}"], "{missing}: dataset folder not found (not a folder)"),
         (["train", "ms_nf", "{tmp}"], "{tmp}: no train/good folder"),
         (["train", "ms_nf", "{tmp}", "--set", "max_epochs"], "--set: expected key=value"),

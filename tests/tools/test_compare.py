@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from common.data import discover_dataset, file_stem, load_image
 from common.metrics import aupro
-from tools.compare.cli import main, parse_scoped_overrides
+from tools.compare.cli import build_parser, main, parse_scoped_overrides, settings_from_args
 from tools.compare.figures import FIGURES
 from tools.compare.report import aggregate, aggregate_runs, format_stat, json_safe, markdown_table, one_line_error
 from tools.phantoms import write_dataset
@@ -264,6 +264,12 @@ def test_json_safe() -> None:
     assert json_safe({"a": float("nan"), "b": [np.float32(0.5), Path("/x")], "c": np.int64(3)}) == {
         "a": None, "b": [0.5, "/x"], "c": 3
     }  # fmt: skip
+
+
+def test_default_bundles_put_the_intensity_yardstick_first(dataset: Path, tmp_path: Path) -> None:
+    """Every comparison shows the yardstick row unless --bundles says otherwise; every bundle runs by default."""
+    settings = settings_from_args(build_parser().parse_args([str(dataset), "--output-dir", str(tmp_path)]))
+    assert settings.bundles == ["intensity", "ms_nf", "dnfad", "skip_ts", "anomalypro"]
 
 
 def test_parse_scoped_overrides() -> None:
