@@ -1,4 +1,4 @@
-"""The detectors, one MONAI bundle per folder: ``intensity`` (yardstick), ``ms_nf``, ``dnfad``, ``skip_ts``, ``anomalypro``.
+"""The detectors, one MONAI bundle per folder: intensity (the yardstick), ms_nf, dnfad, skip_ts, anomalypro.
 
 Each folder holds ``configs/`` (``train.json``, ``inference.json``, ``evaluate.json``, ``metadata.json``, ...),
 ``scripts/`` (the detector's own network code, imported as ``scripts`` by its configs: MONAI's bundle runner puts the
