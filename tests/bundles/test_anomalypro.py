@@ -483,12 +483,16 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):
 
 PHANTOM_OVERRIDES = {"image_size": [64, 64], "channels": 32, "n_res": 3, "critic_channels": 32}
 PHANTOM_TRAIN = {"max_epochs": 4, "g_learning_rate": 0.0002, "d_learning_rate": 0.0002}
-# Measured (seed 0, this configuration, one thread, 2026-12-01): image AUROC 0.778, pixel AUROC 0.929 (0.845 inside
-# the foreground), AUPRO 0.800. Earlier 10-epoch runs chose epoch 4 by pseudo-AUC (0.868 / 0.950 and, with other
-# package versions, 0.736 / 0.958), so 4 epochs hold the selected model. Adversarial training amplifies the small
-# numerical differences between such runs, so the image floor sits below all of them.
+# Floors set from seeds 0-4 of this configuration (the test trains seed 0) on a 2-core AMD EPYC, image AUROC / pixel
+# AUROC in the foreground: one thread (OMP_NUM_THREADS=1) 0.778 / 0.845, 0.750 / 0.943, 0.792 / 0.954, 0.875 / 0.965,
+# 0.840 / 0.898; two threads 0.708 / 0.724, 0.743 / 0.943, 0.792 / 0.954, 0.903 / 0.963, 0.847 / 0.898; oneDNN off
+# (torch.backends.mkldnn.enabled = False, seeds 0-2) 0.764 / 0.843, 0.729 / 0.943, 0.799 / 0.954. Adversarial
+# training amplifies small numerical differences (seed 0 with two threads is the lowest on both), so the floors sit
+# 0.06 and 0.03 below the lowest. The foreground figure is asserted (chance 0.5): over all pixels (0.873-0.984) a map
+# random inside the phantom brain already scores 0.77. Earlier 10-epoch runs chose epoch 4 by pseudo-AUC, so 4
+# epochs hold the selected model.
 PHANTOM_IMAGE_AUROC_FLOOR = 0.65
-PHANTOM_PIXEL_AUROC_FLOOR = 0.90
+PHANTOM_PIXEL_AUROC_FOREGROUND_FLOOR = 0.69
 
 
 @pytest.mark.slow
@@ -510,13 +514,16 @@ def test_learns_to_detect_phantom_lesions_from_mixed_data(tmp_path):
     )
     print("phantom learning metrics:", json.dumps(metrics))
     assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
-    assert metrics["pixel_auroc"] >= PHANTOM_PIXEL_AUROC_FLOOR, metrics
+    assert metrics["pixel_auroc_foreground"] >= PHANTOM_PIXEL_AUROC_FOREGROUND_FLOOR, metrics
 
 
 BRATS_OVERRIDES = {"image_size": [64, 64], "channels": 16, "n_res": 2, "critic_channels": 16}
 BRATS_TRAIN = {"max_epochs": 1, "g_learning_rate": 0.0002, "d_learning_rate": 0.0002, "pseudo_auc_max_images": 128}
-# Measured (seed 0, this configuration, one thread, 2026-12-01): image AUROC 0.878, pixel AUROC 0.989 (0.951 inside
-# the foreground), AUPRO 0.917. A 3-epoch run chose epoch 1 by pseudo-AUC (0.882 / 0.963), so one epoch suffices here.
+# Floors set from seeds 0 / 1 / 2 of this configuration (the test trains seed 0) on a 2-core AMD EPYC, image AUROC /
+# pixel AUROC: one thread (OMP_NUM_THREADS=1) 0.880 / 0.989, 0.894 / 0.989, 0.870 / 0.981; seed 0 with two threads
+# 0.883 / 0.989 and with oneDNN off (torch.backends.mkldnn.enabled = False) 0.880 / 0.989. The floors sit 0.07 and 0.05
+# below the lowest. (In the foreground: 0.951, 0.954, 0.912; a map random inside the brain scores about 0.85 over all
+# pixels.) A 3-epoch run chose epoch 1 by pseudo-AUC (0.882 / 0.963), so one epoch suffices here.
 BRATS_IMAGE_AUROC_FLOOR = 0.80
 BRATS_PIXEL_AUROC_FLOOR = 0.93
 

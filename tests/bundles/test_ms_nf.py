@@ -183,7 +183,7 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path, layout):
 
 @pytest.mark.slow
 def test_learns_to_detect_phantom_lesions(tmp_path):
-    """Short CPU training on 2D phantoms; floors set from measured runs (see docs/README.md)."""
+    """Short CPU training on 2D phantoms; floors set from measured runs (seeds and float paths, below)."""
     data = write_dataset(tmp_path / "data", dims=2, n_train=40, n_test_good=12, n_test_lesion=12, size=64, seed=3)
     # a 4-block flow trains stably without the warm-up the 15-block default needs
     overrides = {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32, "warmup_iterations": 0}
@@ -195,21 +195,28 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
     assert metrics["pixel_auroc_foreground"] >= PHANTOM_PIXEL_AUROC_FLOOR, metrics
 
 
-# Measured (seed 0, this configuration, stages 1-2, 2-core CPU, 2026-12-02): image AUROC 0.785, foreground pixel
-# AUROC 0.837 (stages 1-3 had given 0.785 / 0.828).
-PHANTOM_IMAGE_AUROC_FLOOR = 0.70
-PHANTOM_PIXEL_AUROC_FLOOR = 0.75
-# Measured (seed 0, 128x128, 4 blocks, 3 epochs, stages 1-2, default clipping, no warm-up, 2026-12-02; one and two
-# threads alike): pixel AUROC 0.976 (0.886 inside the brain), image AUROC 0.830, AUPRO 0.863. Stages 1-3 had given
-# 0.949 (0.742), 0.734, 0.761 (bundles/ms_nf/docs/README.md, "Test floors").
-BRATS_PIXEL_AUROC_FLOOR = 0.94
-BRATS_BRAIN_PIXEL_AUROC_FLOOR = 0.82
+# Floors set from seeds 0-4 of this configuration (stages 1-2; the test trains seed 0) on a 2-core AMD EPYC, image
+# AUROC / pixel AUROC in the foreground, one thread (OMP_NUM_THREADS=1): 0.785 / 0.837, 0.660 / 0.841, 0.785 / 0.886,
+# 0.708 / 0.756, 0.708 / 0.781; seeds 0 and 3 with two threads and with oneDNN off (torch.backends.mkldnn.enabled =
+# False) gave the same to three decimals. Each floor sits 0.04 below the lowest. With 12 normal and 12 lesion images
+# the image AUROC's chance spread is +- 0.12, so the foreground pixel floor (chance 0.5) is the learning check.
+PHANTOM_IMAGE_AUROC_FLOOR = 0.62
+PHANTOM_PIXEL_AUROC_FLOOR = 0.72
+# Floors set from seeds 0-4 of the BraTS configuration (128x128, 4 blocks, 3 epochs, stages 1-2, default clipping, no
+# warm-up; the test trains seed 0) on a 2-core AMD EPYC, pixel AUROC / pixel AUROC inside the brain, one thread
+# (OMP_NUM_THREADS=1): 0.976 / 0.886, 0.946 / 0.725, 0.968 / 0.845, 0.947 / 0.732, 0.973 / 0.868 (image AUROC 0.830,
+# 0.533, 0.889, 0.763, 0.914); seeds 0 and 1 with two threads and with oneDNN off (torch.backends.mkldnn.enabled =
+# False) within 0.001 of those. Three epochs leave the in-brain figure seed-dependent (seed 1 lowest), so the floors
+# sit 0.035 below the lowest: well above chance inside the brain (0.5) and above the 0.85 that a map random inside
+# the brain scores over all pixels.
+BRATS_PIXEL_AUROC_FLOOR = 0.91
+BRATS_BRAIN_PIXEL_AUROC_FLOOR = 0.69
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_brats_slices_pixel_auroc_floor(tmp_path):
-    """Short CPU training on the real BraTS FLAIR slices; the floor is set from a measured run (docs/README.md)."""
+    """Short CPU training on the real BraTS FLAIR slices; floors set from measured runs (seeds and float paths)."""
     data = shared_dataset("brats2015_slices")
     overrides = {"image_size": [128, 128], "n_blocks": 4, "warmup_iterations": 0}
     metrics = contract.train_and_evaluate(

@@ -453,27 +453,34 @@ def test_training_fails_before_starting_on_a_bad_dataset_dir(tmp_path):
 
 # The real-data checks train at 128 x 128 (paper: 256 x 256).
 REAL_SIZE = {"image_size": [128, 128]}
-# Floors sit below measured runs (seed 0, 2-core CPU; bundles/skip_ts/docs/README.md, "Test floors").
-# Phantoms, 64x64, 12 epochs: measured image AUROC 0.799 with the default teacher-norm weighting (0.625 with the
-# paper's map, 0.646 with the paper's constant learning rate).
+# Learning floors. Each is set from several training seeds (the tests train seed 0) and from seed 0 (or the lowest
+# seed) on other float paths: two threads (OMP_NUM_THREADS=2) and oneDNN off (torch.backends.mkldnn.enabled = False),
+# one thread otherwise, on a 2-core AMD EPYC; each floor sits at least 0.03 below the lowest run, further where the
+# spread is wide. Another CPU's kernels train another trajectory, like another seed.
+# Phantoms, 64x64, 12 epochs, batch 8, default teacher-norm weighting. Pixel AUROC in the brain (chance 0.5), seeds
+# 0-4 one thread: 0.829, 0.788, 0.869, 0.792, 0.818; two threads 0.829 (seed 0) and 0.788 (seed 1); oneDNN off 0.830
+# and 0.786. The image AUROC (12 normal and 12 lesion images: chance 0.5 +- 0.12) is at chance for some seeds at this
+# budget, 0.799, 0.604, 0.799, 0.521, 0.792 (oneDNN off: 0.778 and 0.632), so it carries no floor here; the BraTS
+# test below holds the image-level floor.
 PHANTOM_EPOCHS = 12
-PHANTOM_IMAGE_AUROC_FLOOR = 0.70
+PHANTOM_PIXEL_AUROC_FOREGROUND_FLOOR = 0.75
 # BraTS, 128x128, 4 epochs, one thread, the shipped configuration (skip connections, cosine learning-rate decay,
-# teacher-norm weighting): measured image AUROC 0.975 for seed 0 (pixel AUROC in the brain 0.970) on 2026-12-02;
-# seeds 1 and 2 of the same budget 0.966 and 0.976 (docs/benchmarks.md). The paper's map on the same checkpoints:
-# 0.896 / 0.721 / 0.796. The floor is the target every seed must reach.
+# teacher-norm weighting). Image AUROC / pixel AUROC in the brain, seeds 0 / 1 / 2: one thread 0.975 / 0.970,
+# 0.966 / 0.962, 0.976 / 0.971; oneDNN off 0.971 / 0.931, 0.962 / 0.960, 0.977 / 0.970; seed 0 with two threads
+# 0.975 / 0.969; seed 0, one thread, on an Intel Xeon: pixel AUROC in the brain 0.919. The paper's map on the
+# one-thread checkpoints: image AUROC 0.896 / 0.721 / 0.796. The image floor is the target every seed must reach;
+# the in-brain floor sits 0.03 below the lowest (the Xeon's).
 BRATS_IMAGE_AUROC_FLOOR = 0.90
-# Pixel AUROC in the brain, seeds 0-2 of the same budget 0.962-0.971; the floor sits below them.
-BRATS_PIXEL_AUROC_FOREGROUND_FLOOR = 0.93
+BRATS_PIXEL_AUROC_FOREGROUND_FLOOR = 0.89
 BRATS_TRAINING = {"max_epochs": 4}
-# Head CT, 128x128, 6 epochs, one thread: measured image AUROC 0.567 with the paper's map (0.569 with two threads;
-# 0.590 with the constant rate after a fresh install on 2026-11-26, 0.733 before it: the random teacher and short
-# training make this figure depend on the environment). With 40 normal and 100 haemorrhage images chance is
-# 0.5 +- 0.05. The default teacher-norm weighting reads such a checkpoint at 0.516 (0.568 on eq. 1; two threads),
-# within chance, so this floor is checked on the paper's map (map_weighting "none"), which stays selectable;
-# docs/README.md.
-HEADCT_EPOCHS = 6
-HEADCT_IMAGE_AUROC_FLOOR = 0.55
+# Head CT, 128x128, 12 epochs, on the paper's map (map_weighting "none"). Image AUROC, seeds 0-4 one thread: 0.634,
+# 0.709, 0.697, 0.673, 0.739; seed 0 with two threads 0.620, oneDNN off 0.624. With 40 normal and 100 haemorrhage
+# images chance is 0.5 +- 0.05. Six epochs were too few for a floor above chance (seeds 0-2: 0.569, 0.702, 0.703;
+# seed 0 with oneDNN off 0.560); twenty gave no more (0.635, 0.698, 0.681). The default teacher-norm weighting
+# reads a 6-epoch checkpoint at 0.516, within chance, so this floor is checked on the paper's map, which stays
+# selectable (bundles/skip_ts/docs/README.md).
+HEADCT_EPOCHS = 12
+HEADCT_IMAGE_AUROC_FLOOR = 0.59
 
 
 @pytest.mark.slow
@@ -483,7 +490,7 @@ def test_learns_to_detect_phantom_lesions(tmp_path):
     train = {"max_epochs": PHANTOM_EPOCHS, "batch_size": 8}
     metrics = contract.train_and_evaluate("skip_ts", data, TINY, train, {"n_overlays": 0}, tmp_path, (600, 300))
     print("phantom learning metrics:", json.dumps(metrics))
-    assert metrics["image_auroc"] >= PHANTOM_IMAGE_AUROC_FLOOR, metrics
+    assert metrics["pixel_auroc_foreground"] >= PHANTOM_PIXEL_AUROC_FOREGROUND_FLOOR, metrics
 
 
 @pytest.mark.slow

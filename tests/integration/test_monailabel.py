@@ -1,6 +1,6 @@
 """A real MONAI Label 0.8.5 server loads the exported bundles and returns the anomaly label map of a study.
 
-MONAI Label lives in its own virtual environment (``tools/monailabel_env.sh`` builds ``.venv-monailabel``; set
+MONAI Label lives in its own virtual environment (``tools/lab/monailabel_env.sh`` builds ``.venv-monailabel``; set
 ``UAD_MONAILABEL_VENV`` to use another one). The server runs the ``monaibundle`` sample app shipped with MONAI Label,
 fully offline, over a studies folder holding one raw head T1 volume (``../shared/data/ixi_t1``, skull and neck
 included) with synthetic lesions placed in the brain (``tools.anatomy_lesions``); the bundles extract its brain with
@@ -28,8 +28,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from common.training import load_thresholds
 from tests.bundles import contract
 from tests.bundles.conftest import shared_dataset
+from tests.comparisons import assert_masks_agree_off_threshold
 from tests.integration import monailabel_build
 from tests.integration.monailabel_build import VENV
 from tools.anatomy_lesions import write_anatomy_dataset
@@ -43,10 +45,13 @@ START_TIMEOUT_S = 240
 INFER_TIMEOUT_S = 300
 
 # Per bundle: the architecture it is trained and exported with, its training overrides, and the floor on how many
-# times more often a labelled voxel lies in the lesion than a random voxel does (measured on this study, ixi_t1 with
-# seed-1 lesions, after 4 epochs: MS-NF 80.4; the floor stays at the 5.0 set on the earlier phantom study). The other
-# bundles train one tiny epoch, too short to localise reliably: for them the test checks the served label map's grid,
-# that it lies inside the extracted brain and that it equals the batch mask (floor ``None``).
+# times more often a labelled voxel lies in the lesion than a random voxel does. MS-NF's floor is set from training
+# seeds 0 / 1 / 2 on this study (ixi_t1 with seed-1 lesions, 4 epochs; the test trains seed 0), measured on the batch
+# mask on a 2-core AMD EPYC: one thread (OMP_NUM_THREADS=1) 56.1 / 334 / 156; seed 0 with two threads 55.9 and with
+# oneDNN off (torch.backends.mkldnn.enabled = False) 55.3; an earlier server run of seed 0 gave 80.4. The floor, 5.0,
+# sits far below them and far above chance (1.0). The other bundles train one tiny epoch, too short to localise
+# reliably: for them the test checks the served label map's grid, that it lies inside the extracted brain and that it
+# equals the batch mask wherever the map is off the threshold (floor ``None``).
 BUNDLES: dict[str, dict[str, Any]] = {
     "ms_nf": {
         "architecture": {"image_size": [64, 64], "n_blocks": 4, "hidden_channels": 32},
@@ -89,7 +94,7 @@ def monailabel_python() -> Path:
         build = monailabel_build.wait(BUILD_TIMEOUT_S)
         if build.returncode == 0 and monailabel_build.is_complete():
             return python
-        reason = f"tools/monailabel_env.sh failed ({build.returncode}): {build.output}"
+        reason = f"tools/lab/monailabel_env.sh failed ({build.returncode}): {build.output}"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"MONAI Label environment unavailable in CI: {reason}")
     pytest.skip(f"MONAI Label environment unavailable: {reason}")
@@ -220,11 +225,15 @@ def test_server_labels_the_lesion_on_the_input_grid(name, server, study, checkpo
         print(f"{name}: {labelled.sum()} labelled voxels, {enrichment:.1f}x chance inside the lesion")
         assert enrichment >= floor
 
-    # the server's label equals the batch mask of the in-repository bundle with the same checkpoint
+    # the server's label equals the batch mask of the in-repository bundle with the same checkpoint, except where the
+    # map lies at the threshold: the server runs in another process and environment (another float path), and MONAI
+    # thresholds with >= where batch inference uses >
     overrides = {**BUNDLES[name]["architecture"], "ckpt_path": checkpoints[name], "device": "cpu"}
     run_bundle(name, "inference.json", overrides={**overrides, "dataset_dir": volume.parent, "output_dir": tmp_path})
     batch = np.asarray(nib.load(tmp_path / f"{volume.name.split('.')[0]}_mask.nii.gz").dataobj)
-    np.testing.assert_array_equal(label, batch.astype(label.dtype))
+    batch_map = np.asarray(nib.load(tmp_path / f"{volume.name.split('.')[0]}_anomaly.nii.gz").dataobj)
+    flipped = assert_masks_agree_off_threshold(label, batch, batch_map, load_thresholds(checkpoints[name])[0])
+    print(f"{name}: {flipped} voxels at the threshold differ between the server's label and the batch mask")
     # both extracted the brain: the label lies inside the brain mask batch inference wrote
     brain = np.asarray(nib.load(tmp_path / f"{volume.name.split('.')[0]}_brain_mask.nii.gz").dataobj) > 0
     brain_ml = brain.sum() * abs(np.linalg.det(reference.affine[:3, :3])) / 1000
