@@ -23,7 +23,7 @@ from typing import Any
 
 from common.io import atomic_output
 from tools.arguments import OneLineArgumentParser, UsageError, parse_overrides
-from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, markdown_table
+from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, kind_matrix, markdown_table
 from tools.compare.runner import compare
 from tools.compare.settings import CompareSettings
 
@@ -204,6 +204,9 @@ def _summary(results: dict[str, Any]) -> str:
         markdown_table(rows, COST_COLUMNS, "cost"),
         "",
     ]
+    kinds = sorted({kind for row in rows for kind in row.get("kinds") or {}})
+    if kinds:
+        lines += ["image AUROC per kind (test/good + test/<kind>):", "", kind_matrix(rows, kinds, "image_auroc"), ""]
     lines += [f"FAILED {row['name']}: {row['error']}" for row in rows if row["status"] != "ok"]
     lines.append(f"results: {out}/results.json, {out}/results.md; figures: {', '.join(results.get('figures', []))}")
     return "\n".join(lines)

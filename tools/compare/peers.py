@@ -8,7 +8,8 @@ like the bundles, inside the foreground too: each test image's ground truth and 
 :func:`common.volumes.load_record` with the slice settings of the first compared bundle's ``evaluate.json``
 (:func:`evaluation_slice_settings`), the call the bundles' evaluation makes (the ``brain_mask/`` file when the
 dataset has one, else the foreground computed from the image). anomalib calibrates no threshold on held-out normal
-images, so the threshold metrics (F1, Dice at the threshold) are left empty for peers.
+images, so the threshold metrics (F1, Dice at the threshold) are left empty for peers. A test set with several
+anomaly classes is also scored per kind (:mod:`tools.compare.kinds`), from the same predictions and foregrounds.
 
 The first seed's trained torch model (``model.model``, eval mode) is benchmarked like the bundles' networks, by
 :func:`tools.benchmark.benchmark_network` (the model-alone code of :func:`tools.benchmark.run_benchmark`) at the
@@ -31,6 +32,7 @@ from common.data import ImageRecord, discover_dataset
 from common.metrics import evaluate_anomaly_detection
 from common.volumes import SliceSettings, load_record
 from tools.bundles import bundle_slice_settings
+from tools.compare.kinds import aggregate_kinds, kind_metrics, kinds_of, mean_over_kinds
 from tools.compare.predictions import SlicePredictions
 from tools.compare.report import aggregate, aggregate_runs, one_line_error
 from tools.compare.settings import CompareSettings, config_overrides
@@ -216,8 +218,12 @@ def _run_one(
             "foreground": [foregrounds[i] for i in with_gt],
         }
     metrics = evaluate_anomaly_detection(np.asarray(pred.labels), np.asarray(pred.scores), **pixel)
+    run: dict[str, Any] = {"seed": seed, "train_s": train_s, "metrics": metrics}
+    if len(kinds_of(pred)) > 1:  # no calibrated thresholds: the threshold metrics stay empty per kind too
+        run["kinds"] = kind_metrics(pred, foregrounds)
+        run["mean_over_kinds"] = mean_over_kinds(run["kinds"])
     cost = peer_cost(model.model, settings) if benchmark else None
-    return {"seed": seed, "train_s": train_s, "metrics": metrics}, pred, cost
+    return run, pred, cost
 
 
 def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, Any], SlicePredictions | None]]:
@@ -240,6 +246,8 @@ def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, 
             yield row, None
             continue
         row["metrics"] = aggregate_runs([run["metrics"] for run in row["runs"]])
+        if any("kinds" in run for run in row["runs"]):
+            row.update(aggregate_kinds(row["runs"]))
         row.update(benchmark=cost["benchmark"], input_size=cost["input_size"])
         row["cost"] = {"train_s": aggregate(run["train_s"] for run in row["runs"])}
         row["cost"].update({key: aggregate([value]) for key, value in cost["cost"].items()})
