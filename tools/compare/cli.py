@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BUNDLE=PATH",
         help="evaluate this model.pt, no training (its architecture comes from the file)",
     )
-    parser.add_argument("--peers", default="", help="anomalib models to add: padim,fastflow,reverse_distillation")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="anomalib models to add: padim,fastflow,reverse_distillation,patchcore,cflow (efficient_ad: reported "
+        "as unavailable offline)",
+    )
     parser.add_argument("--bench-batch-size", type=int, default=8, help="benchmark batch (default 8)")
     parser.add_argument("--bench-iterations", type=int, default=3, help="benchmark timed passes (default 3)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Reference models from anomalib (PaDiM, FastFlow, Reverse Distillation) as extra rows of the comparison.
+"""Reference models from anomalib (PaDiM, FastFlow, Reverse Distillation, PatchCore, CFlow) as comparison rows.
 
 anomalib is an optional extra (``pip install 'uad-bundles[peers]'``, anomalib 2.x); neither the bundles nor the
 tests need it. Each peer trains on the same ``train/good`` images at the same input size, with a randomly
@@ -16,6 +16,10 @@ The first seed's trained torch model (``model.model``, eval mode) is benchmarked
 same input size, benchmark batch size and device, with the 3-channel input anomalib feeds it, in fp32 as anomalib's
 inference runs (:func:`peer_cost`). Peers take 2D datasets only (anomalib's ``Folder`` reads images, not NIfTI
 volumes), so they have no seconds per volume.
+
+EfficientAD (``efficient_ad``) is known but cannot be trained under these rules: it needs anomalib's pretrained
+teacher and the ImageNette images, downloaded at training time. Its row fails with that reason before anything is
+trained (:data:`OFFLINE_UNAVAILABLE`).
 """
 
 from __future__ import annotations
@@ -50,8 +54,22 @@ __all__ = [
     "run_peers",
 ]
 
-PEERS = {"padim": "Padim", "fastflow": "Fastflow", "reverse_distillation": "ReverseDistillation"}
+PEERS = {
+    "padim": "Padim",
+    "fastflow": "Fastflow",
+    "reverse_distillation": "ReverseDistillation",
+    "patchcore": "Patchcore",
+    "cflow": "Cflow",
+    "efficient_ad": "EfficientAd",
+}
 """``--peers`` names and their anomalib model classes."""
+
+OFFLINE_UNAVAILABLE = {
+    "efficient_ad": "EfficientAD cannot run at this budget: its teacher is anomalib's pretrained PDN and its training "
+    "penalty reads ImageNette, both downloaded at training time; the comparison runs offline with random-init "
+    "backbones, so it is not trained",
+}
+"""Peers that cannot be trained under the comparison's rules, with the reason their row reports."""
 
 PEER_IN_CHANNELS = 3
 """Channels of a peer's network input: anomalib's ``Folder`` reads every image as RGB and its pre-processor resizes
@@ -134,7 +152,13 @@ def peer_cost(network: nn.Module, settings: CompareSettings) -> dict[str, Any]:
 
 
 def _build_model(name: str, image_size: Sequence[int]) -> Any:
-    """The anomalib model ``name`` with a random-init ResNet18 and a pre-processor resizing to ``image_size``."""
+    """The anomalib model ``name`` with a random-init ResNet18 and a pre-processor resizing to ``image_size``.
+
+    Raises:
+        ValueError: for a peer of :data:`OFFLINE_UNAVAILABLE`, with its reason (before anomalib is imported).
+    """
+    if name in OFFLINE_UNAVAILABLE:
+        raise ValueError(OFFLINE_UNAVAILABLE[name])
     from anomalib import models
 
     cls = getattr(models, PEERS[name])
