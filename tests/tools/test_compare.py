@@ -60,7 +60,7 @@ BAD_ARGS_CASES = [
     (["{data}", "--output-dir", "{tmp}", "--checkpoint", "ms_nf"], "BUNDLE=PATH"),  # malformed
     (["{data}", "--output-dir", "{tmp}", "--epochs", "0"], "--epochs"),  # non-positive
     (["{data}", "--output-dir", "{tmp}", "--image-size", "64", "64", "64"], "--image-size"),  # three sizes
-    (["{data}", "--output-dir", "{tmp}", "--peers", "patchcore"], "unknown peer"),  # lists the peers
+    (["{data}", "--output-dir", "{tmp}", "--peers", "no_such_peer"], "unknown peer"),  # lists the peers
     (["{data}"], "--output-dir"),  # argparse: required option
 ]
 

@@ -16,7 +16,11 @@ from common.evaluation import AnomalyEvaluation
 from common.scoring import MapScorer
 from tools.benchmark import count_flops
 from tools.compare.peers import (
+    OFFLINE_UNAVAILABLE,
     PEER_IN_CHANNELS,
+    PEERS,
+    _build_model,
+    check_peers,
     evaluation_ground_truth,
     evaluation_slice_settings,
     peer_cost,
@@ -162,13 +166,55 @@ def test_peer_foreground_is_the_evaluation_foreground(dataset: Path, tmp_path: P
 
 def test_anomalib_models_take_the_peer_input(tmp_path: Path) -> None:
     pytest.importorskip("anomalib")
-    from tools.compare.peers import _build_model
-
     settings = _settings(tmp_path, image_size=[32, 32], device="cpu", bench_batch_size=1, bench_iterations=1)
-    for name in ("fastflow", "reverse_distillation"):  # PaDiM's forward needs a fitted Gaussian: trained in compare
+    # PaDiM's and PatchCore's forward need a fitted Gaussian or memory bank: trained in compare
+    for name in ("fastflow", "reverse_distillation", "cflow"):
         model = _build_model(name, (32, 32))
         first_conv = next(m for m in model.model.modules() if isinstance(m, nn.Conv2d))
         assert first_conv.in_channels == PEER_IN_CHANNELS, name
         cost = peer_cost(model.model, settings)["cost"]
         assert cost["parameters"] == sum(p.numel() for p in model.model.parameters()), name
         assert cost["slices_per_s"] > 0 and cost["gflops_per_slice"] > 0, name
+
+
+def test_every_documented_peer_name_is_known() -> None:
+    assert set(PEERS) == {"padim", "fastflow", "reverse_distillation", "patchcore", "cflow", "efficient_ad"}
+    with pytest.raises(ValueError, match="unknown peer 'efficientad'"):
+        check_peers(["efficientad"])
+
+
+def test_efficient_ad_says_why_it_cannot_run() -> None:
+    """EfficientAD needs downloads (pretrained teacher, ImageNette): its row fails with the reason, nothing trains."""
+    with pytest.raises(ValueError, match="downloaded at training time") as raised:
+        _build_model("efficient_ad", (32, 32))
+    assert str(raised.value) == OFFLINE_UNAVAILABLE["efficient_ad"] and "\n" not in str(raised.value)
+
+
+@pytest.mark.slow
+def test_patchcore_cflow_and_efficient_ad_rows(dataset: Path, tmp_path: Path) -> None:
+    """PatchCore and CFlow train and are scored like the other peers; EfficientAD's row gives its reason."""
+    pytest.importorskip("anomalib")
+    from tools.compare.peers import run_peers
+
+    class _Step:
+        def start(self, text: str) -> None:
+            pass
+
+        def done(self, n: int = 1) -> None:
+            pass
+
+    settings = _settings(
+        dataset, image_size=[32, 32], device="cpu", max_epochs=1, batch_size=2, bench_batch_size=1, bench_iterations=1
+    )
+    settings.peers = ["patchcore", "cflow", "efficient_ad"]
+    settings.seeds = [0]
+    settings.output_dir = tmp_path / "out"
+    rows = {row["name"]: (row, pred) for row, pred in run_peers(settings, _Step())}
+    for name in ("patchcore (anomalib)", "cflow (anomalib)"):
+        row, pred = rows[name]
+        assert row["status"] == "ok", row["error"]
+        assert len(pred.labels) == 4 and 0.0 <= row["metrics"]["image_auroc"]["mean"] <= 1.0
+        assert math.isfinite(row["metrics"]["pixel_auroc_foreground"]["mean"])
+        assert row["cost"]["parameters"]["mean"] > 0 and row["cost"]["volume_s"]["mean"] is None
+    row, pred = rows["efficient_ad (anomalib)"]
+    assert row["status"] == "failed" and pred is None and row["error"] == OFFLINE_UNAVAILABLE["efficient_ad"]

@@ -22,8 +22,16 @@ torch threads and software versions), ``test_set`` (files, 2D/3D, slices, abnorm
 (including the ``_foreground`` ones, inside the foreground the bundles' evaluation uses), its ``benchmark`` is the
 :func:`tools.benchmark.benchmark_network` result of its first seed's torch model, and its ``volume_s`` is empty.
 
+A test set with several anomaly classes (``test/<kind>/`` besides ``test/good``, e.g. the suite of
+``python -m tools.anomaly_suite``) is also scored per kind (:mod:`tools.compare.kinds`): ``test_set["kinds"]`` holds
+each kind's slice counts (``test/good`` + ``test/<kind>``), every run ``kinds`` (``{kind: metrics}``, the bundle's
+metric keys on those slices alone, from the stored predictions, same foreground and calibrated thresholds) and
+``mean_over_kinds`` (the unweighted mean of each figure over kinds), and every row ``kinds`` and ``mean_over_kinds``
+as ``{"mean", "std", "n"}`` stats over the seeds. ``results.md`` then has a ``Per kind`` section.
+
 Modules: :mod:`tools.compare.cli` (command line), :mod:`tools.compare.settings` (what to compare),
 :mod:`tools.compare.runner` (the runs), :mod:`tools.compare.predictions` (reading the written maps back),
-:mod:`tools.compare.report` (aggregation, tables and one-line errors), :mod:`tools.compare.figures` (the comparison
-figures) and :mod:`tools.compare.peers` (optional anomalib reference models).
+:mod:`tools.compare.kinds` (per-kind figures), :mod:`tools.compare.report` (aggregation, tables and one-line errors),
+:mod:`tools.compare.figures` (the comparison figures) and :mod:`tools.compare.peers` (optional anomalib reference
+models).
 """

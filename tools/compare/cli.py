@@ -23,7 +23,7 @@ from typing import Any
 
 from common.io import atomic_output
 from tools.arguments import OneLineArgumentParser, UsageError, parse_overrides
-from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, markdown_table
+from tools.compare.report import COST_COLUMNS, DETECTION_COLUMNS, kind_matrix, markdown_table
 from tools.compare.runner import compare
 from tools.compare.settings import CompareSettings
 
@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BUNDLE=PATH",
         help="evaluate this model.pt, no training (its architecture comes from the file)",
     )
-    parser.add_argument("--peers", default="", help="anomalib models to add: padim,fastflow,reverse_distillation")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="anomalib models to add: padim,fastflow,reverse_distillation,patchcore,cflow (efficient_ad: reported "
+        "as unavailable offline)",
+    )
     parser.add_argument("--bench-batch-size", type=int, default=8, help="benchmark batch (default 8)")
     parser.add_argument("--bench-iterations", type=int, default=3, help="benchmark timed passes (default 3)")
     parser.add_argument(
@@ -204,6 +209,9 @@ def _summary(results: dict[str, Any]) -> str:
         markdown_table(rows, COST_COLUMNS, "cost"),
         "",
     ]
+    kinds = sorted({kind for row in rows for kind in row.get("kinds") or {}})
+    if kinds:
+        lines += ["image AUROC per kind (test/good + test/<kind>):", "", kind_matrix(rows, kinds, "image_auroc"), ""]
     lines += [f"FAILED {row['name']}: {row['error']}" for row in rows if row["status"] != "ok"]
     lines.append(f"results: {out}/results.json, {out}/results.md; figures: {', '.join(results.get('figures', []))}")
     return "\n".join(lines)

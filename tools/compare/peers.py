@@ -1,4 +1,4 @@
-"""Reference models from anomalib (PaDiM, FastFlow, Reverse Distillation) as extra rows of the comparison.
+"""Reference models from anomalib (PaDiM, FastFlow, Reverse Distillation, PatchCore, CFlow) as comparison rows.
 
 anomalib is an optional extra (``pip install 'uad-bundles[peers]'``, anomalib 2.x); neither the bundles nor the
 tests need it. Each peer trains on the same ``train/good`` images at the same input size, with a randomly
@@ -8,13 +8,18 @@ like the bundles, inside the foreground too: each test image's ground truth and 
 :func:`common.volumes.load_record` with the slice settings of the first compared bundle's ``evaluate.json``
 (:func:`evaluation_slice_settings`), the call the bundles' evaluation makes (the ``brain_mask/`` file when the
 dataset has one, else the foreground computed from the image). anomalib calibrates no threshold on held-out normal
-images, so the threshold metrics (F1, Dice at the threshold) are left empty for peers.
+images, so the threshold metrics (F1, Dice at the threshold) are left empty for peers. A test set with several
+anomaly classes is also scored per kind (:mod:`tools.compare.kinds`), from the same predictions and foregrounds.
 
 The first seed's trained torch model (``model.model``, eval mode) is benchmarked like the bundles' networks, by
 :func:`tools.benchmark.benchmark_network` (the model-alone code of :func:`tools.benchmark.run_benchmark`) at the
 same input size, benchmark batch size and device, with the 3-channel input anomalib feeds it, in fp32 as anomalib's
 inference runs (:func:`peer_cost`). Peers take 2D datasets only (anomalib's ``Folder`` reads images, not NIfTI
 volumes), so they have no seconds per volume.
+
+EfficientAD (``efficient_ad``) is known but cannot be trained under these rules: it needs anomalib's pretrained
+teacher and the ImageNette images, downloaded at training time. Its row fails with that reason before anything is
+trained (:data:`OFFLINE_UNAVAILABLE`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from common.data import ImageRecord, discover_dataset
 from common.metrics import evaluate_anomaly_detection
 from common.volumes import SliceSettings, load_record
 from tools.bundles import bundle_slice_settings
+from tools.compare.kinds import aggregate_kinds, kind_metrics, kinds_of, mean_over_kinds
 from tools.compare.predictions import SlicePredictions
 from tools.compare.report import aggregate, aggregate_runs, one_line_error
 from tools.compare.settings import CompareSettings, config_overrides
@@ -48,8 +54,22 @@ __all__ = [
     "run_peers",
 ]
 
-PEERS = {"padim": "Padim", "fastflow": "Fastflow", "reverse_distillation": "ReverseDistillation"}
+PEERS = {
+    "padim": "Padim",
+    "fastflow": "Fastflow",
+    "reverse_distillation": "ReverseDistillation",
+    "patchcore": "Patchcore",
+    "cflow": "Cflow",
+    "efficient_ad": "EfficientAd",
+}
 """``--peers`` names and their anomalib model classes."""
+
+OFFLINE_UNAVAILABLE = {
+    "efficient_ad": "EfficientAD cannot run at this budget: its teacher is anomalib's pretrained PDN and its training "
+    "penalty reads ImageNette, both downloaded at training time; the comparison runs offline with random-init "
+    "backbones, so it is not trained",
+}
+"""Peers that cannot be trained under the comparison's rules, with the reason their row reports."""
 
 PEER_IN_CHANNELS = 3
 """Channels of a peer's network input: anomalib's ``Folder`` reads every image as RGB and its pre-processor resizes
@@ -132,7 +152,13 @@ def peer_cost(network: nn.Module, settings: CompareSettings) -> dict[str, Any]:
 
 
 def _build_model(name: str, image_size: Sequence[int]) -> Any:
-    """The anomalib model ``name`` with a random-init ResNet18 and a pre-processor resizing to ``image_size``."""
+    """The anomalib model ``name`` with a random-init ResNet18 and a pre-processor resizing to ``image_size``.
+
+    Raises:
+        ValueError: for a peer of :data:`OFFLINE_UNAVAILABLE`, with its reason (before anomalib is imported).
+    """
+    if name in OFFLINE_UNAVAILABLE:
+        raise ValueError(OFFLINE_UNAVAILABLE[name])
     from anomalib import models
 
     cls = getattr(models, PEERS[name])
@@ -216,8 +242,12 @@ def _run_one(
             "foreground": [foregrounds[i] for i in with_gt],
         }
     metrics = evaluate_anomaly_detection(np.asarray(pred.labels), np.asarray(pred.scores), **pixel)
+    run: dict[str, Any] = {"seed": seed, "train_s": train_s, "metrics": metrics}
+    if len(kinds_of(pred)) > 1:  # no calibrated thresholds: the threshold metrics stay empty per kind too
+        run["kinds"] = kind_metrics(pred, foregrounds)
+        run["mean_over_kinds"] = mean_over_kinds(run["kinds"])
     cost = peer_cost(model.model, settings) if benchmark else None
-    return {"seed": seed, "train_s": train_s, "metrics": metrics}, pred, cost
+    return run, pred, cost
 
 
 def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, Any], SlicePredictions | None]]:
@@ -240,6 +270,8 @@ def run_peers(settings: CompareSettings, step: Any) -> Iterator[tuple[dict[str, 
             yield row, None
             continue
         row["metrics"] = aggregate_runs([run["metrics"] for run in row["runs"]])
+        if any("kinds" in run for run in row["runs"]):
+            row.update(aggregate_kinds(row["runs"]))
         row.update(benchmark=cost["benchmark"], input_size=cost["input_size"])
         row["cost"] = {"train_s": aggregate(run["train_s"] for run in row["runs"])}
         row["cost"].update({key: aggregate([value]) for key, value in cost["cost"].items()})

@@ -20,10 +20,13 @@ import numpy as np
 __all__ = [
     "COST_COLUMNS",
     "DETECTION_COLUMNS",
+    "KIND_COLUMNS",
     "aggregate",
     "aggregate_runs",
     "format_stat",
     "json_safe",
+    "kind_matrix",
+    "kind_table",
     "markdown_report",
     "markdown_table",
     "one_line_error",
@@ -54,6 +57,19 @@ COST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("gflops_per_slice", "GFLOP / slice"),
 )
 """Cost columns: training wall time per seed, then the benchmark of the first seed's model."""
+
+KIND_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("image_auroc", "image AUROC"),
+    ("image_ap", "image AP"),
+    ("image_recall", "recall @thr"),
+    ("pixel_auroc_foreground", "pixel AUROC (fg)"),
+    ("aupro_foreground", "AUPRO (fg)"),
+    ("best_dice_foreground", "best Dice (fg)"),
+)
+"""Columns of the per-kind table (:mod:`tools.compare.kinds`): detection, then localisation inside the foreground."""
+
+MEAN_OVER_KINDS = "mean over kinds"
+"""The label of the mean over kinds in the per-kind tables."""
 
 _DIGITS = {"train_s": 0, "volume_s": 1, "slices_per_s": 1, "peak_memory_mib": 0, "parameters": 0, "gflops_per_slice": 2}
 
@@ -158,6 +174,79 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
     return "\n".join(lines)
 
 
+def _kind_stats(row: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    if kind == MEAN_OVER_KINDS:
+        return row.get("mean_over_kinds") or {}
+    return (row.get("kinds") or {}).get(kind) or {}
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    return f"{row['name']} ({row['input_size']})" if row.get("input_size") else row["name"]
+
+
+def kind_table(rows: Sequence[Mapping[str, Any]], kinds: Sequence[str], columns: Sequence[tuple[str, str]]) -> str:
+    """The per-kind markdown table: one row group per kind (then the mean over kinds), one row per detector in it.
+
+    Args:
+        rows: the ``results.json`` rows; a row without per-kind figures (failed) shows ``–``.
+        kinds: the anomaly kinds, in table order.
+        columns: ``(key, header)`` pairs.
+    """
+    lines = [
+        "| kind | detector | " + " | ".join(header for _, header in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for kind in [*kinds, MEAN_OVER_KINDS]:
+        for row in rows:
+            stats = _kind_stats(row, kind)
+            cells = [format_stat(stats.get(key)) for key, _ in columns]
+            lines.append(f"| {kind} | {_label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kind_matrix(rows: Sequence[Mapping[str, Any]], kinds: Sequence[str], key: str) -> str:
+    """One figure as a detectors x kinds markdown table, the mean over kinds last."""
+    columns = [*kinds, MEAN_OVER_KINDS]
+    lines = ["| detector | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [format_stat(_kind_stats(row, kind).get(key)) for kind in columns]
+        lines.append(f"| {_label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _kind_section(results: Mapping[str, Any]) -> list[str]:
+    """The ``## Per kind`` lines of ``results.md`` (none when the test set has one anomaly class)."""
+    rows = results["rows"]
+    counts = results.get("test_set", {}).get("kinds") or {}
+    kinds = sorted({kind for row in rows for kind in row.get("kinds") or {}})
+    if not kinds:
+        return []
+    sizes = ", ".join(
+        f"{kind} {counts[kind]['n_slices']} ({counts[kind]['n_abnormal_slices']} abnormal)"
+        for kind in kinds
+        if kind in counts
+    )
+    lines = [
+        "## Per kind",
+        "",
+        "Each anomaly class against the normal test images alone (`test/good` + `test/<kind>`), scored from the same "
+        "stored predictions by the same metric code, inside the same foreground, at the same calibrated thresholds "
+        f"as the table above. {MEAN_OVER_KINDS.capitalize()}: the unweighted mean of the kinds' figures for each "
+        "seed, then mean ± sample standard deviation over the seeds." + (f" Slices: {sizes}." if sizes else ""),
+        "",
+    ]
+    if any(row["name"] == "intensity" for row in rows):
+        lines += [
+            "The intensity yardstick has no randomness (no random initialisation, no sampling): its seeds only move "
+            "the calibration split drawn from `train/good`, so its ± is that split's effect alone.",
+            "",
+        ]
+    for key, header in (("image_auroc", "Image AUROC"), ("aupro_foreground", "AUPRO (fg)")):
+        lines += [f"### {header} per kind", "", kind_matrix(rows, kinds, key), ""]
+    lines += ["### All figures per kind", "", kind_table(rows, kinds, KIND_COLUMNS), ""]
+    return lines
+
+
 def _used_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], section: str) -> list:
     """The columns that at least one successful row has a value for."""
     ok = [row for row in rows if row["status"] == "ok"]
@@ -204,6 +293,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "",
         markdown_table(rows, _used_columns(rows, DETECTION_COLUMNS, "metrics"), "metrics"),
         "",
+        *_kind_section(results),
         "## Cost",
         "",
         markdown_table(rows, COST_COLUMNS, "cost"),

@@ -31,8 +31,9 @@ from common.data import discover_dataset, is_nifti
 from common.evaluation import write_json_atomic
 from common.io import atomic_output
 from tools.benchmark import DEFAULT_VOLUME_SHAPE, environment_info, run_benchmark
-from tools.bundles import BundleRunError, bundle_dir, run_bundle
+from tools.bundles import BundleRunError, bundle_dir, bundle_slice_settings, run_bundle
 from tools.compare.figures import save_comparison_figures
+from tools.compare.kinds import aggregate_kinds, kind_metrics, kinds_of, mean_over_kinds, prediction_foregrounds
 from tools.compare.predictions import SlicePredictions, load_predictions
 from tools.compare.report import aggregate, aggregate_runs, json_safe, markdown_report, one_line_error
 from tools.compare.settings import CONFIGS, CompareSettings, config_ids, config_overrides
@@ -186,6 +187,12 @@ def _bundle_row(
         where = "reading the maps"
         axis = int(overrides.get("slice_axis", 2))
         predictions = load_predictions(Path(row["runs"][0]["run_dir"]) / "maps", settings.dataset, axis)
+        if len(kinds_of(predictions)) > 1:
+            where = "per-kind metrics"
+            step.start(f"{bundle}: per-kind metrics")
+            slice_settings = bundle_slice_settings(bundle, "evaluate.json", split["evaluate.json"])
+            _add_kind_metrics(row["runs"], predictions, slice_settings, settings.dataset, axis)
+            row.update(aggregate_kinds(row["runs"]))
     except (BundleRunError, subprocess.TimeoutExpired, ValueError, OSError, RuntimeError, KeyError) as error:
         step.done(remaining)
         row.update(status="failed", error=f"{where}: {one_line_error(error)}")
@@ -194,6 +201,32 @@ def _bundle_row(
     row["cost"]["train_s"] = aggregate(run.get("train_s") for run in row["runs"])
     row["cost"] = {k: v if isinstance(v, dict) else aggregate([v]) for k, v in row["cost"].items()}
     return row, predictions
+
+
+def _add_kind_metrics(
+    runs: Sequence[dict[str, Any]], first: SlicePredictions, slice_settings: Any, dataset: Path, axis: int
+) -> None:
+    """Add ``kinds`` and ``mean_over_kinds`` to every seed's run, from its stored maps and its own thresholds.
+
+    The foreground does not depend on the seed: it is read once, for the first seed's slices. A later seed whose
+    scored slices differ from the first's has its own foreground read.
+    """
+    foregrounds = prediction_foregrounds(first, slice_settings)
+    for index, run in enumerate(runs):
+        pred = first if index == 0 else load_predictions(Path(run["run_dir"]) / "maps", dataset, axis)
+        fg = foregrounds if pred.keys == first.keys else prediction_foregrounds(pred, slice_settings)
+        metrics = run["metrics"]
+        run["kinds"] = kind_metrics(pred, fg, metrics.get("image_threshold"), metrics.get("pixel_threshold"))
+        run["mean_over_kinds"] = mean_over_kinds(run["kinds"])
+
+
+def _record_kinds(test_set: dict[str, Any], row: Mapping[str, Any]) -> None:
+    """Slice counts of each kind (``test/good`` and ``test/<kind>``) in ``test_set["kinds"]``, from the first row."""
+    kinds = row["runs"][0].get("kinds") if row.get("runs") else None
+    if kinds and "kinds" not in test_set:
+        test_set["kinds"] = {
+            kind: {"n_slices": m["n_slices"], "n_abnormal_slices": m["n_abnormal_slices"]} for kind, m in kinds.items()
+        }
 
 
 def _write_outputs(results: dict[str, Any], output_dir: Path) -> None:
@@ -260,6 +293,7 @@ def compare(settings: CompareSettings, progress: bool = True) -> dict[str, Any]:
             if pred is not None:
                 predictions[bundle] = pred
                 thresholds[bundle] = row["runs"][0]["metrics"].get("image_threshold")
+                _record_kinds(test_set, row)
                 metrics = row["runs"][0]["metrics"]
                 test_set.update(n_slices=metrics.get("n_slices"), n_abnormal_slices=metrics.get("n_abnormal_slices"))
             results["wall_s"] = time.perf_counter() - start
@@ -272,6 +306,7 @@ def compare(settings: CompareSettings, progress: bool = True) -> dict[str, Any]:
                 if pred is not None:
                     predictions[row["name"]] = pred
                     thresholds[row["name"]] = None
+                    _record_kinds(test_set, row)
         step.start("figures")
         results["figures"] = [
             p.name for p in save_comparison_figures(predictions, thresholds, settings.output_dir, settings.n_overlays)
