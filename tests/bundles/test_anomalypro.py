@@ -457,6 +457,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
     contract.check_resume_matches_uninterrupted("anomalypro", {**TINY_TRAIN, "batch_size": 4}, data, tmp_path)
 
 
+@pytest.mark.slow
 def test_torchrun_training_with_two_cpu_processes(phantoms_3d, tmp_path):
     contract.check_torchrun_training("anomalypro", TINY_TRAIN, phantoms_3d, tmp_path, "mean")
 

@@ -302,6 +302,7 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
     contract.check_nifti_inference_skips_bad_files("dnfad", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
 
 
+@pytest.mark.slow
 def test_torchrun_training_with_two_cpu_processes(phantoms_3d, tmp_path):
     contract.check_torchrun_training("dnfad", TINY, phantoms_3d, tmp_path, "topk_probability")
 

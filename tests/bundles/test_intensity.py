@@ -232,6 +232,7 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
     contract.check_nifti_inference_skips_bad_files("intensity", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
 
 
+@pytest.mark.slow
 def test_inference_under_torchrun_matches_one_process(phantoms_3d, trained_tiny, tmp_path):
     volumes = [sorted((phantoms_3d / "test" / label).iterdir())[0] for label in ("good", "lesion")]
     contract.check_distributed_inference_matches_one_process("intensity", trained_tiny, volumes, tmp_path)
@@ -244,6 +245,7 @@ def test_model_pt_alone_rebuilds_the_network(phantoms_3d, trained_tiny, tmp_path
     )
 
 
+@pytest.mark.slow
 def test_torchrun_training_with_two_cpu_processes(phantoms_3d, tmp_path):
     contract.check_torchrun_training("intensity", TINY, phantoms_3d, tmp_path, "max")
 

@@ -143,6 +143,7 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
     contract.check_nifti_inference_skips_bad_files("ms_nf", NO_OVERRIDES, trained_tiny, lesion, tmp_path)
 
 
+@pytest.mark.slow
 def test_inference_under_torchrun_matches_one_process(phantoms_3d, trained_tiny, tmp_path):
     volumes = [sorted((phantoms_3d / "test" / label).iterdir())[0] for label in ("good", "lesion")]
     contract.check_distributed_inference_matches_one_process("ms_nf", trained_tiny, volumes, tmp_path)
@@ -160,6 +161,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
     contract.check_resume_matches_uninterrupted("ms_nf", {**TINY, "batch_size": 4}, data, tmp_path)
 
 
+@pytest.mark.slow
 def test_torchrun_training_with_two_cpu_processes(phantoms_3d, tmp_path):
     contract.check_torchrun_training("ms_nf", TINY, phantoms_3d, tmp_path, "topk_mean")
 

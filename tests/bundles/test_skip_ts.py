@@ -431,6 +431,7 @@ def test_nifti_folder_inference_skips_bad_files(phantoms_3d, trained_tiny, tmp_p
     assert len(rows) == nib.load(lesion).shape[2]  # one row per slice
 
 
+@pytest.mark.slow
 def test_torchrun_training_with_two_cpu_processes(phantoms_3d, tmp_path):
     contract.check_torchrun_training("skip_ts", TINY, phantoms_3d, tmp_path, "max")
 
