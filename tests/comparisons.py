@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["MAP_ATOL", "MAP_RTOL", "assert_maps_close", "assert_masks_agree_off_threshold", "near_threshold"]
+__all__ = [
+    "MAP_ATOL",
+    "MAP_RTOL",
+    "assert_maps_close",
+    "assert_masks_agree_off_threshold",
+    "assert_tables_close",
+    "near_threshold",
+]
 
 MAP_RTOL = 1e-4
 """Relative tolerance between two paths' anomaly maps (float32 maps through deep networks, summed in another order)."""
@@ -72,3 +79,28 @@ def assert_masks_agree_off_threshold(
         )
         raise AssertionError(msg)
     return int(differ.sum())
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def assert_tables_close(
+    actual: list[list[str]], expected: list[list[str]], rtol: float = MAP_RTOL, atol: float = MAP_ATOL
+) -> None:
+    """Two paths' CSV tables (e.g. ``scores.csv``) agree: same shape, text cells equal, numeric cells within
+    ``atol + rtol * |expected|`` (scores are written to 6 significant digits from maps that agree to the tolerance)."""
+    assert len(actual) == len(expected), f"{len(actual)} rows != {len(expected)} rows"
+    for index, (got_row, want_row) in enumerate(zip(actual, expected, strict=True)):
+        assert len(got_row) == len(want_row), f"row {index}: {got_row} != {want_row}"
+        for got, want in zip(got_row, want_row, strict=True):
+            got_value, want_value = _number(got), _number(want)
+            if got_value is None or want_value is None:
+                assert got == want, f"row {index}: {got_row} != {want_row}"
+            else:
+                assert abs(got_value - want_value) <= atol + rtol * abs(want_value), (
+                    f"row {index}: {got_row} != {want_row}"
+                )

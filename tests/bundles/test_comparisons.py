@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.comparisons import assert_maps_close, assert_masks_agree_off_threshold, near_threshold
+from tests.comparisons import (
+    assert_maps_close,
+    assert_masks_agree_off_threshold,
+    assert_tables_close,
+    near_threshold,
+)
 
 THRESHOLD = 0.5
 
@@ -49,3 +54,12 @@ def test_maps_close_within_the_stated_tolerance_only():
     assert_maps_close(score_map * np.float32(1 + 5e-5), score_map)
     with pytest.raises(AssertionError):
         assert_maps_close(score_map * np.float32(1 + 5e-4), score_map)
+
+
+def test_tables_agree_to_the_tolerance_and_text_exactly():
+    header = ["file", "slice", "score"]
+    assert_tables_close([header, ["a.nii", "0", "0.598096"]], [header, ["a.nii", "0", "0.598095"]])
+    with pytest.raises(AssertionError):
+        assert_tables_close([header, ["a.nii", "0", "0.61"]], [header, ["a.nii", "0", "0.598095"]])
+    with pytest.raises(AssertionError):
+        assert_tables_close([header, ["b.nii", "0", "0.598095"]], [header, ["a.nii", "0", "0.598095"]])

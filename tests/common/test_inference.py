@@ -16,6 +16,7 @@ from common.data import ImageRecord
 from common.inference import AnomalyInference, find_brain_mask, list_input_files, output_stems, predict_volume
 from common.scoring import Calibration, MapScorer
 from common.volumes import LoadedImage, SliceSettings
+from tests.comparisons import assert_maps_close, assert_tables_close
 from tests.stand_ins import threshold_brain
 
 VOLUME_SHAPE = (12, 10, 6)
@@ -505,7 +506,8 @@ def test_batching_across_files_gives_the_outputs_of_one_slice_at_a_time(tmp_path
         out = tmp_path / name
         AnomalyInference(LocalFilter(), inputs, out, _settings(), MapScorer("max"), device="cpu", **options).run()
         runs[name] = out
-    assert _read_csv(runs["one"] / "scores.csv") == _read_csv(runs["many"] / "scores.csv")
+    # another batch size may pick other kernels (e.g. with oneDNN off): scores agree to the maps' tolerance
+    assert_tables_close(_read_csv(runs["many"] / "scores.csv"), _read_csv(runs["one"] / "scores.csv"))
     assert _read_csv(runs["one"] / "failed.csv") == _read_csv(runs["many"] / "failed.csv")
     names = sorted(p.name for p in runs["one"].glob("*.nii.gz"))
     assert names == sorted(p.name for p in runs["many"].glob("*.nii.gz"))
@@ -513,7 +515,7 @@ def test_batching_across_files_gives_the_outputs_of_one_slice_at_a_time(tmp_path
     for name in names:
         one = nib.load(str(runs["one"] / name)).get_fdata()
         many = nib.load(str(runs["many"] / name)).get_fdata()
-        np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6)
+        assert_maps_close(many, one)
 
 
 def test_a_file_whose_output_cannot_be_written_is_reported_and_the_rest_complete(tmp_path: Path) -> None:
