@@ -11,8 +11,7 @@ import csv
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from common.training import load_thresholds, read_state_dict
 from tests.bundles.conftest import REPO_ROOT, SCHEMA
 from tests.comparisons import assert_maps_close, assert_masks_agree_off_threshold
 from tools.bundles import BundleRunError, run_bundle
+from tools.components import bundle_scripts_on_path
 from tools.processes import run_python_module
 
 METRIC_KEYS = (
@@ -64,7 +64,7 @@ def check_config_properties(
     ``overrides`` are further config values handed to ``ConfigWorkflow`` (e.g. a tiny network).
     """
     root = REPO_ROOT / "bundles" / bundle
-    with bundle_scripts(root):
+    with bundle_scripts_on_path(root):
         workflow = ConfigWorkflow(
             config_file=str(configs_dir(bundle) / config),
             meta_file=str(configs_dir(bundle) / "metadata.json"),
@@ -77,23 +77,6 @@ def check_config_properties(
         )
         workflow.initialize()
         assert not workflow.check_properties()
-
-
-@contextmanager
-def bundle_scripts(root: Path) -> Iterator[None]:
-    """Make ``<root>/scripts`` the importable ``scripts`` package; restore any other bundle's afterwards."""
-    # every bundle names its package ``scripts``: hide another bundle's from this import and restore it afterwards
-    saved = {name: module for name, module in sys.modules.items() if name == "scripts" or name.startswith("scripts.")}
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(root))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(root))
-        for name in [name for name in sys.modules if name == "scripts" or name.startswith("scripts.")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
 
 
 def check_metadata_verifies(bundle: str, meta_file: Path | None = None) -> None:

@@ -24,6 +24,7 @@ from common.training import load_checkpoint, load_thresholds
 from tests.bundles import contract
 from tests.bundles.conftest import REPO_ROOT
 from tests.comparisons import assert_maps_close, assert_masks_agree_off_threshold
+from tools.components import bundle_scripts_on_path
 
 TINY = {
     "ms_nf": {"image_size": [64, 64], "n_blocks": 2, "hidden_channels": 16},
@@ -76,7 +77,7 @@ def test_label_pipeline_matches_batch_inference(bundle, described, phantoms_3d, 
         "output_dir": str(tmp_path / "out"),
         "amp": False,
     }
-    with contract.bundle_scripts(REPO_ROOT / "bundles" / bundle):
+    with bundle_scripts_on_path(REPO_ROOT / "bundles" / bundle):
         # the tiny network, built before its checkpoint exists (as training builds it)
         network = _parser(bundle, {**overrides, **TINY[bundle]}).get_parsed_content("network_def").eval()
         saved_as = bundle if described else None
